@@ -1,0 +1,1 @@
+"""AF3 model code shared by the in-process engine, the Triton models and training."""

@@ -1,0 +1,118 @@
+"""Build a tiny, randomly initialised AF3 checkpoint with the real transformers classes.
+
+Used by tests, the demo and benchmarks: no weights can be downloaded, so everything that
+loads a real checkpoint is exercised on this one. Its output is noise by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from earshot.af3.chat import CHAT_TEMPLATE, SOUND_TOKEN
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", SOUND_TOKEN, "<think>", "</think>"]
+
+# A small English corpus so the byte-level BPE learns real merges; the words barely matter.
+_CORPUS = """
+Transcribe the input speech. Describe the audio in one sentence. List every sound event with
+its start and end time in seconds. Summarize the recording. Please think and reason about the
+input audio before you respond. The speaker talks about the weather, the meeting agenda, the
+budget for next quarter and the release plan. A dog barks, a siren wails in the distance, music
+starts and stops, people laugh and applaud. Speaker one asks a question; speaker two answers.
+The alarm rings at ten seconds and ends at fifteen seconds. Chapter one introduces the topic.
+"""
+
+
+def _train_tokenizer(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [line for line in _CORPUS.split("\n") if line] * 20
+    tok.train_from_iterator(lines, trainer=trainer)
+    state = json.loads(tok.to_str())
+    vocab: dict[str, int] = state["model"]["vocab"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in state["model"]["merges"]]
+    return vocab, merges
+
+
+def build_tiny_checkpoint(
+    out_dir: str | Path, *, seed: int = 0, vocab_size: int = 4000, with_think: bool = False
+) -> Path:
+    """Write a tiny AF3 (64-dim encoder and Qwen2, 2 layers each) to ``out_dir``."""
+    import torch
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3EncoderConfig,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+        GenerationConfig,
+        Qwen2Config,
+        Qwen2Tokenizer,
+        WhisperFeatureExtractor,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    vocab, merges = _train_tokenizer(vocab_size)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    # max_source_positions must stay 1500: it fixes the 30 s window / 750 token geometry.
+    audio_config = AudioFlamingo3EncoderConfig(
+        num_mel_bins=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        hidden_size=64,
+        max_source_positions=1500,
+    )
+    text_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    config = AudioFlamingo3Config(
+        audio_config=audio_config,
+        text_config=text_config,
+        audio_token_id=tokenizer.convert_tokens_to_ids(SOUND_TOKEN),
+    )
+    model = AudioFlamingo3ForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_id, pad_token_id=pad_id, max_new_tokens=64, do_sample=False
+    )
+    model.save_pretrained(out)
+
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, chunk_length=30, n_samples=480000, nb_max_frames=3000
+    )
+    processor = AudioFlamingo3Processor(
+        feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+    processor.save_pretrained(out)
+
+    if with_think:
+        from earshot.af3.think import write_random_think_adapter
+
+        write_random_think_adapter(model, out / "think", seed=seed)
+    return out

@@ -1,0 +1,70 @@
+"""The one Settings object. Every deployable reads its configuration from here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOME = Path(".earshot")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EARSHOT_", env_file=".env", extra="ignore")
+
+    # Storage and persistence
+    database_url: str = Field(default=f"sqlite:///{HOME / 'earshot.db'}")
+    output_url: str = Field(default=str((HOME / "outputs").resolve().as_uri()))
+    scratch_url: str = Field(default=str((HOME / "scratch").resolve().as_uri()))
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Queueing: no broker means tasks run in-process (Celery eager mode)
+    broker_url: str | None = None
+    result_backend: str | None = None
+    task_max_retries: int = 5
+    task_retry_backoff_s: float = 2.0
+
+    # Inference
+    engine: Literal["local", "triton"] = "local"
+    model_path: str = str(HOME / "models" / "tiny")
+    model_cache_dir: str = str(HOME / "cache" / "models")
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_new_tokens: int = 256
+    summary_max_new_tokens: int = 256
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = 120.0
+    triton_max_concurrency: int = 4
+    triton_retry_budget_s: float = 30.0
+
+    # Audio and jobs
+    max_segment_s: float = 600.0
+    max_file_bytes: int = 4 * 1024**3
+    max_duration_s: float = 12 * 3600.0
+    default_tasks: list[str] = Field(
+        default_factory=lambda: ["transcribe", "caption", "events", "summarize", "speak"]
+    )
+
+    # Speech
+    tts_voice: str = "en-us"
+    espeak_binary: str = "espeak-ng"
+
+    # API
+    api_max_upload_bytes: int = 512 * 1024**2
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Drop the cached Settings so a changed environment is read again (tests, CLI flags)."""
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Persistence: tables, sessions, migrations and the query functions the deployables share."""

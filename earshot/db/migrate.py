@@ -1,0 +1,32 @@
+"""Run Alembic migrations programmatically (`earshot db upgrade|downgrade|current`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from earshot.config import get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # '%' would be read as interpolation by configparser (passwords often contain it)
+    cfg.set_main_option("sqlalchemy.url", (url or get_settings().database_url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(revision: str = "heads", url: str | None = None) -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(revision: str = "base", url: str | None = None) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def current(url: str | None = None) -> None:
+    command.current(alembic_config(url), verbose=False)
