@@ -1,0 +1,195 @@
+"""earshot.storage against a real S3 endpoint (moto_server over HTTP)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from earshot import storage
+from earshot.config import get_settings
+from earshot.errors import StorageError
+
+MiB = 1024 * 1024
+
+
+def test_settings_point_at_moto(s3_bucket: str, moto_server: str) -> None:
+    assert get_settings().s3_endpoint_url == moto_server
+    assert storage.s3_client().meta.endpoint_url == moto_server
+
+
+def test_round_trip_and_content_type(s3_bucket: str) -> None:
+    uri = f"s3://{s3_bucket}/out/result.json"
+    assert storage.put_bytes(uri, b'{"a": 1}') == uri
+    assert storage.read_bytes(uri) == b'{"a": 1}'
+    assert storage.head(uri).content_type == "application/json"  # guessed from the key
+    storage.put_bytes(f"s3://{s3_bucket}/x", b"x", content_type="text/vtt")
+    assert storage.head(f"s3://{s3_bucket}/x").content_type == "text/vtt"
+
+
+def test_streaming_read_in_chunks(s3_bucket: str, tmp_path: Path) -> None:
+    payload = os.urandom(5 * MiB + 123)
+    uri = f"s3://{s3_bucket}/audio/long.flac"
+    storage.put_bytes(uri, payload)
+    digest = hashlib.sha256()
+    chunks = 0
+    with storage.open_read(uri) as stream:
+        while chunk := stream.read(256 * 1024):
+            assert len(chunk) <= 256 * 1024
+            digest.update(chunk)
+            chunks += 1
+    assert chunks == 21
+    assert digest.digest() == hashlib.sha256(payload).digest()
+
+    target = tmp_path / "dl" / "long.flac"
+    assert storage.download_to(uri, target, chunk_size=MiB) == len(payload)
+    assert target.read_bytes() == payload
+    with pytest.raises(StorageError) as info:
+        storage.read_bytes(uri, max_bytes=MiB)
+    assert info.value.code == "too_large"
+
+
+def test_multipart_upload_of_big_file(s3_bucket: str, tmp_path: Path) -> None:
+    source = tmp_path / "big.wav"
+    payload = os.urandom(11 * MiB)
+    source.write_bytes(payload)
+    uri = f"s3://{s3_bucket}/uploads/big.wav"
+    storage.put_file(uri, source)
+    info = storage.head(uri)
+    assert info.size == len(payload)
+    # A multipart ETag is "<md5 of part md5s>-<part count>": two 8 MiB parts here.
+    assert info.etag is not None and info.etag.endswith("-2")
+    assert info.content_type == "audio/x-wav"
+    back = tmp_path / "back.wav"
+    storage.download_to(uri, back)
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(payload).digest()
+
+
+def _count_calls(operation: str) -> list[int]:
+    calls: list[int] = []
+
+    def hook(**_: Any) -> None:
+        calls.append(1)
+
+    storage.s3_client().meta.events.register(f"before-call.s3.{operation}", hook)
+    return calls
+
+
+def test_list_paginates(s3_bucket: str) -> None:
+    keys = [f"in/{i:03d}.wav" for i in range(23)] + ["in/sub/x.wav", "inbox.txt", "other/y"]
+    for key in keys:
+        storage.put_bytes(f"s3://{s3_bucket}/{key}", key.encode())
+    calls = _count_calls("ListObjectsV2")
+    listed = list(storage.list_objects(f"s3://{s3_bucket}/in/", page_size=5))
+    assert len(calls) == 5  # 24 keys in pages of 5
+    assert [i.uri for i in listed] == [f"s3://{s3_bucket}/{k}" for k in sorted(keys[:24])]
+    assert all(i.size == len(storage.parse_uri(i.uri).key) for i in listed)
+    assert all(i.etag and i.last_modified for i in listed)
+
+    shallow = list(storage.list_objects(f"s3://{s3_bucket}/in/", recursive=False, page_size=7))
+    assert len(shallow) == 23
+    # S3 prefixes are string prefixes: "in" also matches "inbox.txt".
+    assert len(list(storage.list_objects(f"s3://{s3_bucket}/in"))) == 25
+    assert list(storage.list_objects(f"s3://{s3_bucket}/nothing/")) == []
+
+
+def test_exists_head_etag(s3_bucket: str) -> None:
+    uri = f"s3://{s3_bucket}/a.txt"
+    assert not storage.exists(uri)
+    storage.put_bytes(uri, b"hello")
+    assert storage.exists(uri)
+    info = storage.head(uri)
+    assert info.size == 5
+    assert info.etag == hashlib.md5(b"hello").hexdigest()
+    assert info.version_id is None
+    assert info.last_modified is not None
+    assert not storage.exists(f"s3://{s3_bucket}/a")  # a prefix of a key is not an object
+
+
+def test_version_ids(s3_bucket: str) -> None:
+    storage.s3_client().put_bucket_versioning(
+        Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    uri = f"s3://{s3_bucket}/v.txt"
+    storage.put_bytes(uri, b"one")
+    first = storage.head(uri).version_id
+    storage.put_bytes(uri, b"two!")
+    second = storage.head(uri)
+    assert first and second.version_id and first != second.version_id
+    assert second.size == 4
+
+
+def test_presign_serves_bytes(s3_bucket: str) -> None:
+    payload = os.urandom(70_000)
+    uri = f"s3://{s3_bucket}/share/Ünïcødé file #1.wav"
+    storage.put_bytes(uri, payload)
+    url = storage.presign(uri, expires_s=60)
+    assert "X-Amz-Signature" in url
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200
+    assert response.content == payload
+
+
+def test_missing_object_and_bucket(s3_bucket: str, tmp_path: Path) -> None:
+    missing = f"s3://{s3_bucket}/nope.wav"
+    calls: list[Callable[[], object]] = [
+        lambda: storage.read_bytes(missing),
+        lambda: storage.head(missing),
+        lambda: storage.download_to(missing, tmp_path / "dl"),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match="no such object") as info:
+            call()
+        assert info.value.code == "not_found"
+    assert not (tmp_path / "dl").exists()
+
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    gone = "s3://earshot-no-such-bucket/k"
+    calls = [
+        lambda: storage.read_bytes(gone),
+        lambda: storage.head(gone),
+        lambda: list(storage.list_objects(gone)),
+        lambda: storage.put_bytes(gone, b"x"),
+        lambda: storage.put_file(gone, source),
+    ]
+    for call in calls:
+        with pytest.raises(
+            StorageError, match="bucket 'earshot-no-such-bucket' does not exist"
+        ) as info:
+            call()
+        assert info.value.code == "not_found"
+    assert not storage.exists(gone)
+
+
+def test_keys_with_spaces_and_unicode(s3_bucket: str, tmp_path: Path) -> None:
+    keys = ["my folder/interview 1.mp3", "日本語/音声ファイル.wav", "a+b=c&d%20e?.ogg"]
+    for key in keys:
+        storage.put_bytes(f"s3://{s3_bucket}/{key}", key.encode())
+    listed = {storage.parse_uri(i.uri).key for i in storage.list_objects(f"s3://{s3_bucket}/")}
+    assert listed == set(keys)
+    for key in keys:
+        uri = storage.join_uri(f"s3://{s3_bucket}", key)
+        assert storage.exists(uri)
+        assert storage.read_bytes(uri) == key.encode()
+    source = tmp_path / "x"
+    source.write_bytes(b"file")
+    storage.put_file(f"s3://{s3_bucket}/up load/ü.bin", source)
+    assert storage.read_bytes(f"s3://{s3_bucket}/up load/ü.bin") == b"file"
+
+
+def test_delete_and_delete_prefix(s3_bucket: str) -> None:
+    for i in range(12):
+        storage.put_bytes(f"s3://{s3_bucket}/scratch/job1/{i}.flac", b"x")
+    storage.put_bytes(f"s3://{s3_bucket}/keep.txt", b"x")
+    storage.delete(f"s3://{s3_bucket}/scratch/job1/0.flac")
+    storage.delete(f"s3://{s3_bucket}/scratch/job1/0.flac")  # idempotent
+    assert storage.delete_prefix(f"s3://{s3_bucket}/scratch/") == 11
+    assert [i.uri for i in storage.list_objects(f"s3://{s3_bucket}/")] == [
+        f"s3://{s3_bucket}/keep.txt"
+    ]
