@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = 256
     summary_max_new_tokens: int = 256
+    # characters of child summaries per reduce call; keeps each call inside the LLM context
+    reduce_budget_chars: int = 12000
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = 120.0
     triton_max_concurrency: int = 4

@@ -339,7 +339,7 @@ def open_read(uri: str, *, buffer_size: int = 1024 * 1024) -> Iterator[BinaryIO]
     stream: BinaryIO
     if ref.scheme == "file":
         try:
-            stream = open(ref.key, "rb")  # noqa: SIM115 - closed in finally
+            stream = open(ref.key, "rb")
         except OSError as exc:
             raise _file_error(exc, ref, "read") from exc
     else:

@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from earshot.config import get_settings
-from earshot.db.base import Base
 from earshot.db import models as _models  # noqa: F401  (registers the tables)
+from earshot.db.base import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url

@@ -29,6 +29,11 @@ class Turn:
     audio: int = 0
 
 
+def with_think_suffix(text: str) -> str:
+    """A user message as AF3's thinking mode expects it (training and inference alike)."""
+    return f"{text.rstrip()} {THINK_SUFFIX}"
+
+
 def chatml(turns: Sequence[Turn], *, think: bool = False) -> str:
     """Render turns as ChatML with one ``<sound>`` per referenced clip, ready for generation.
 
@@ -39,7 +44,7 @@ def chatml(turns: Sequence[Turn], *, think: bool = False) -> str:
     for i, turn in enumerate(turns):
         text = turn.text
         if think and i == last_user:
-            text = f"{text.rstrip()} {THINK_SUFFIX}"
+            text = with_think_suffix(text)
         parts.append(f"<|im_start|>{turn.role}\n{SOUND_TOKEN * turn.audio}{text}<|im_end|>\n")
     parts.append("<|im_start|>assistant\n")
     return "".join(parts)

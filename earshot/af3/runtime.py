@@ -52,6 +52,63 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     ]
 
 
+def audio_features(
+    feature_extractor: Any, audio: np.ndarray, *, max_windows: int = MAX_WINDOWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel features of 16 kHz mono audio in 30 s windows (3000 frames each) and their mask.
+
+    Module-level so training windows audio exactly as inference does without a loaded runtime.
+    """
+    if audio.ndim != 1:
+        raise InputError("audio must be mono (one dimension)", code="bad_audio_shape")
+    n = int(audio.shape[0])
+    if n == 0:
+        raise InputError("audio is empty (0 samples)", code="empty_audio")
+    window = SAMPLE_RATE * WINDOW_S
+    n_win = (n + window - 1) // window
+    if n_win > max_windows:
+        raise InputError(
+            f"audio is {n / SAMPLE_RATE:.1f} s; AF3 takes at most {max_windows * WINDOW_S} s "
+            "per call (split it first)",
+            code="audio_too_long",
+        )
+    chunks = [audio[i * window : (i + 1) * window].astype(np.float32) for i in range(n_win)]
+    fe = feature_extractor(
+        chunks, sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt"
+    )
+    return fe["input_features"], fe["attention_mask"]
+
+
+def window_token_counts(mask: torch.Tensor) -> list[int]:
+    """Audio tokens each window yields: the encoder's conv (stride 2) then avg-pool (stride 2).
+
+    Same arithmetic as the encoder's ``_get_feat_extract_output_lengths``, so token counts are
+    known before the encoder runs (a full 3000-frame window gives 750).
+    """
+    frames = mask.sum(-1).long()
+    after_conv = (frames - 1) // 2 + 1
+    return [int(n) for n in (after_conv - 2) // 2 + 1]
+
+
+def expand_sound_tokens(ids: Sequence[int], sound_id: int, clips: Sequence[int]) -> list[int]:
+    """Token ids with the i-th ``sound_id`` placeholder repeated ``clips[i]`` times."""
+    n_sound = sum(1 for t in ids if t == sound_id)
+    if n_sound != len(clips):
+        raise InputError(
+            f"prompt has {n_sound} {SOUND_TOKEN} placeholders for {len(clips)} audio clips",
+            code="prompt_audio_mismatch",
+        )
+    expanded: list[int] = []
+    clip = 0
+    for t in ids:
+        if t == sound_id:
+            expanded.extend([sound_id] * int(clips[clip]))
+            clip += 1
+        else:
+            expanded.append(int(t))
+    return expanded
+
+
 class AF3Runtime:
     """A loaded AF3 checkpoint (model + processor) and the two inference stages."""
 
@@ -69,7 +126,6 @@ class AF3Runtime:
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "auto", dtype: str = "auto") -> AF3Runtime:
-        import torch
         from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
         path = Path(model_dir)
@@ -82,7 +138,8 @@ class AF3Runtime:
         dev = pick_device(device)
         torch_dtype = pick_dtype(dtype, dev)
         model = AudioFlamingo3ForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
-        model.to(dev).eval()
+        model.to(dev)  # type: ignore[arg-type]
+        model.eval()
         processor = AutoProcessor.from_pretrained(path)
         runtime = cls(model, processor, model_dir=path, device=dev)
         if (path / "think" / "adapter_config.json").exists():
@@ -111,24 +168,7 @@ class AF3Runtime:
 
     def features(self, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features of <= 600 s of 16 kHz mono audio, in 30 s windows (3000 frames)."""
-        if audio.ndim != 1:
-            raise InputError("audio must be mono (one dimension)", code="bad_audio_shape")
-        n = int(audio.shape[0])
-        if n == 0:
-            raise InputError("audio is empty (0 samples)", code="empty_audio")
-        window = SAMPLE_RATE * WINDOW_S
-        n_win = (n + window - 1) // window
-        if n_win > MAX_WINDOWS:
-            raise InputError(
-                f"audio is {n / SAMPLE_RATE:.1f} s; AF3 takes at most {MAX_WINDOWS * WINDOW_S} s "
-                "per call (split it first)",
-                code="audio_too_long",
-            )
-        chunks = [audio[i * window : (i + 1) * window].astype(np.float32) for i in range(n_win)]
-        fe = self.processor.feature_extractor(
-            chunks, sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt"
-        )
-        return fe["input_features"], fe["attention_mask"]
+        return audio_features(self.processor.feature_extractor, audio)
 
     def encode_features(self, input_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         import torch
@@ -151,21 +191,7 @@ class AF3Runtime:
         import torch
 
         ids = self.tokenizer(chatml, add_special_tokens=False)["input_ids"]
-        n_sound = sum(1 for t in ids if t == self.sound_id)
-        if n_sound != len(clips):
-            raise InputError(
-                f"prompt has {n_sound} {SOUND_TOKEN} placeholders for {len(clips)} audio clips",
-                code="prompt_audio_mismatch",
-            )
-        expanded: list[int] = []
-        clip = 0
-        for t in ids:
-            if t == self.sound_id:
-                expanded.extend([self.sound_id] * int(clips[clip]))
-                clip += 1
-            else:
-                expanded.append(int(t))
-        return torch.tensor([expanded], dtype=torch.long)
+        return torch.tensor([expand_sound_tokens(ids, self.sound_id, clips)], dtype=torch.long)
 
     def prompt_embeds(
         self, chatml: str, audio_embeds: Sequence[torch.Tensor]

@@ -19,17 +19,30 @@ ADAPTER_NAME = "think"
 LLM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 
 
+def think_lora_config(
+    *, rank: int, alpha: int, dropout: float = 0.0, init_lora_weights: bool = True
+) -> Any:
+    """The LoRA layout of the think adapter; training and the random test adapter share it."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=LLM_TARGETS,
+        init_lora_weights=init_lora_weights,
+    )
+
+
 def write_random_think_adapter(model: Any, out_dir: Path, *, seed: int = 0, rank: int = 4) -> Path:
     """Save a random (non-zero) LoRA so tests exercise the real loading path."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     torch.manual_seed(seed + 1)
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=LLM_TARGETS, init_lora_weights=False
-    )
+    config = think_lora_config(rank=rank, alpha=2 * rank, init_lora_weights=False)
     peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     return out_dir
 
 

@@ -40,7 +40,10 @@ def _train_tokenizer(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, s
     tok.train_from_iterator(lines, trainer=trainer)
     state = json.loads(tok.to_str())
     vocab: dict[str, int] = state["model"]["vocab"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in state["model"]["merges"]]
+    merges: list[tuple[str, str]] = []
+    for m in state["model"]["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        merges.append((a, b))
     return vocab, merges
 
 
@@ -65,11 +68,12 @@ def build_tiny_checkpoint(
     torch.manual_seed(seed)
 
     vocab, merges = _train_tokenizer(vocab_size)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     tokenizer.chat_template = CHAT_TEMPLATE
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))  # type: ignore[arg-type]
+    pad_id = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))  # type: ignore[arg-type]
+    sound_id = int(tokenizer.convert_tokens_to_ids(SOUND_TOKEN))  # type: ignore[arg-type]
 
     # max_source_positions must stay 1500: it fixes the 30 s window / 750 token geometry.
     audio_config = AudioFlamingo3EncoderConfig(
@@ -95,7 +99,7 @@ def build_tiny_checkpoint(
     config = AudioFlamingo3Config(
         audio_config=audio_config,
         text_config=text_config,
-        audio_token_id=tokenizer.convert_tokens_to_ids(SOUND_TOKEN),
+        audio_token_id=sound_id,
     )
     model = AudioFlamingo3ForConditionalGeneration(config)
     model.generation_config = GenerationConfig(

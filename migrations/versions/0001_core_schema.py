@@ -1,7 +1,7 @@
 """core schema: audio files, jobs, segments, results
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26 02:40:25.940800
 """
 
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision: str = '0001'
 down_revision: str | Sequence[str] | None = None

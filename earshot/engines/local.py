@@ -1,0 +1,63 @@
+"""In-process engine: loads an AF3 checkpoint with transformers (GPU + bf16 when present)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from earshot.af3.chat import single_turn
+from earshot.af3.loading import resolve_model_dir
+from earshot.af3.runtime import AF3Runtime
+from earshot.config import Settings
+from earshot.speech import Speech, espeak
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, runtime: AF3Runtime, settings: Settings, *, model_id: str) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self._model_id = model_id
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalEngine:
+        model_dir = resolve_model_dir(settings.model_path, settings)
+        runtime = AF3Runtime.load(model_dir, device=settings.device, dtype=settings.dtype)
+        return cls(runtime, settings, model_id=settings.model_path)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def has_think_adapter(self) -> bool:
+        return self.runtime.think_loaded
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        audio: np.ndarray | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        think: bool = False,
+    ) -> list[str]:
+        clips = [self.runtime.encode(audio)] if audio is not None else []
+        limit = max_new_tokens or self.settings.max_new_tokens
+        return [
+            self.runtime.generate(
+                single_turn(p, n_audio=len(clips), think=think),
+                clips,
+                max_new_tokens=limit,
+                temperature=temperature,
+                think=think,
+            ).text
+            for p in prompts
+        ]
+
+    def speak(self, text: str) -> Speech:
+        return espeak(text, voice=self.settings.tts_voice, binary=self.settings.espeak_binary)
+
+

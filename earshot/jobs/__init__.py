@@ -1,0 +1,1 @@
+"""Jobs: creation (idempotent), state changes, result storage and reports."""

@@ -1,0 +1,65 @@
+"""`earshot db ...`, `earshot model ...` and `earshot worker`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from earshot.db import migrate
+from services.cli.common import console
+
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+model_app = typer.Typer(help="AF3 checkpoints.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "heads") -> None:
+    """Apply migrations (to every head by default)."""
+    migrate.upgrade(revision)
+    console.print(f"database upgraded to {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = "base") -> None:
+    """Revert migrations (to an empty database by default)."""
+    migrate.downgrade(revision)
+    console.print(f"database downgraded to {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the applied revision(s)."""
+    migrate.current()
+
+
+@model_app.command("init-tiny")
+def init_tiny(
+    directory: str,
+    with_think: Annotated[bool, typer.Option("--with-think", help="Also write a tiny random think LoRA.")] = False,
+    seed: int = 0,
+) -> None:
+    """Write a tiny, randomly initialised AF3 checkpoint (its words are noise)."""
+    from earshot.af3.tiny import build_tiny_checkpoint
+
+    out = build_tiny_checkpoint(directory, seed=seed, with_think=with_think)
+    console.print(f"tiny AF3 checkpoint written to {out}")
+
+
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: cpu, gpu")] = "cpu,gpu",
+    concurrency: Annotated[int, typer.Option(help="Worker processes")] = 1,
+    pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker (needs EARSHOT_BROKER_URL)."""
+    from earshot.config import get_settings
+    from workers.celery_app import configure
+
+    settings = get_settings()
+    if not settings.broker_url:
+        raise typer.BadParameter("EARSHOT_BROKER_URL is not set: without a broker, jobs run in-process")
+    app = configure(settings)
+    app.worker_main(
+        ["worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
+    )

@@ -1,0 +1,178 @@
+"""`earshot run` and `earshot jobs ...`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from earshot.config import get_settings
+from earshot.db import models as m
+from earshot.db.session import session_scope
+from earshot.errors import EarshotError
+from earshot.jobs.report import build_report
+from earshot.jobs.service import fail_job, get_job, list_jobs
+from earshot.jobs.submit import submit
+from earshot.results import ErrorInfo, JobReport
+from services.cli.common import apply_overrides, console, ensure_embedded_db, err_console
+
+jobs_app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
+
+
+def _report(job_id: str) -> JobReport:
+    with session_scope() as s:
+        job = get_job(s, job_id)
+        assert job is not None
+        return build_report(s, job)
+
+
+def _print_report(report: JobReport) -> None:
+    colour = {"succeeded": "green", "failed": "red"}.get(report.status, "yellow")
+    console.rule(f"[bold]{report.source}")
+    console.print(f"job [bold]{report.job_id}[/]  status [{colour}]{report.status}[/]")
+    if report.error:
+        console.print(f"[red]error {report.error.code}:[/] {report.error.message}")
+    if report.duration is not None:
+        console.print(f"duration {report.duration:.1f} s in {len(report.segments)} segment(s)")
+    if report.summary:
+        console.print(f"[bold]summary[/] {report.summary}")
+    for ch in report.chapters:
+        console.print(f"  [cyan]{ch.start:8.1f}s[/] {ch.title}")
+    if report.transcript:
+        console.print("[bold]transcript[/]")
+        for u in report.transcript[:20]:
+            console.print(f"  [cyan]{u.start:8.1f}-{u.end:.1f}s[/] {u.text}")
+        if len(report.transcript) > 20:
+            console.print(f"  ... {len(report.transcript) - 20} more")
+    if report.events:
+        table = Table("start", "end", "event")
+        for e in report.events[:30]:
+            table.add_row(f"{e.start:.1f}", f"{e.end:.1f}", e.label)
+        console.print(table)
+    for r in report.reasoning[:5]:
+        tag = "think adapter" if r.adapter else "no think adapter"
+        console.print(f"[bold]Q[/] {r.question} ({tag})\n  [bold]A[/] {r.answer}")
+    for name, uri in sorted(report.outputs.items()):
+        console.print(f"  {name}: {uri}")
+
+
+def _run_one(job_id: str, label: str, progress: Progress) -> None:
+    from workers.tasks import enqueue
+
+    settings = get_settings()
+    bar = progress.add_task(label, total=1.0)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            enqueue(job_id)
+        except BaseException as exc:  # surfaced as a failed job below
+            errors.append(exc)
+
+    # In eager mode the job runs in this thread; with a broker it runs on the workers.
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    while True:
+        with session_scope() as s:
+            job = s.get(m.Job, job_id)
+            assert job is not None
+            status, fraction = job.status, job.progress
+        progress.update(bar, completed=fraction, description=f"{label} [{status}]")
+        if status in m.TERMINAL_STATUSES and not worker.is_alive():
+            break
+        if settings.broker_url and status in m.TERMINAL_STATUSES:
+            break
+        if not worker.is_alive() and errors:
+            with session_scope() as s:
+                fail_job(s, job_id, errors[0])
+            break
+        if not worker.is_alive() and settings.broker_url is None and status not in m.TERMINAL_STATUSES:
+            with session_scope() as s:
+                fail_job(s, job_id, RuntimeError("the job stopped before it finished"))
+            break
+        time.sleep(0.2)
+
+
+def run(
+    sources: Annotated[list[str], typer.Argument(help="Audio files: local paths, file:// or s3:// URIs.")],
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Comma-separated: transcribe,caption,events,summarize,think,speak")
+    ] = None,
+    question: Annotated[list[str] | None, typer.Option("--question", "-q", help="A free-form question, per segment and reduced.")] = None,
+    engine: Annotated[str | None, typer.Option(help="local or triton (default: EARSHOT_ENGINE)")] = None,
+    model_path: Annotated[str | None, typer.Option(help="AF3 checkpoint dir or s3:// prefix")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
+) -> None:
+    """Process files now, with a progress bar per file and a report at the end."""
+    settings = apply_overrides(engine=engine, model_path=model_path)
+    ensure_embedded_db(settings)
+    task_list = [t.strip() for t in tasks.split(",")] if tasks else list(settings.default_tasks)
+    reports: list[JobReport] = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+        console=err_console, transient=as_json,
+    ) as progress:
+        for src in sources:
+            try:
+                with session_scope() as s:
+                    job, _ = submit(s, src, tasks=task_list, engine=settings.engine, questions=question or [])
+                    job_id = job.id
+            except EarshotError as exc:
+                reports.append(JobReport(job_id="", source=src, status="failed", error=ErrorInfo(code=exc.code, message=exc.message)))
+                continue
+            _run_one(job_id, src, progress)
+            reports.append(_report(job_id))
+    for rep in reports:
+        if as_json:
+            print(json.dumps(rep.model_dump(mode="json")), flush=True)
+        else:
+            _print_report(rep)
+    if any(r.status != "succeeded" for r in reports):
+        raise typer.Exit(code=1)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled")] = None,
+    limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List jobs, newest first."""
+    ensure_embedded_db(get_settings())
+    with session_scope() as s:
+        rows = [
+            {
+                "job_id": j.id, "source": j.source_uri, "status": j.status, "progress": j.progress,
+                "created_at": j.created_at.isoformat(), "error": j.error_message,
+            }
+            for j in list_jobs(s, status=status, limit=limit)
+        ]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table("job", "status", "progress", "created", "source")
+    for row in rows:
+        table.add_row(str(row["job_id"]), str(row["status"]), f"{float(row['progress'] or 0):.0%}", str(row["created_at"])[:19], str(row["source"]))
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job with its results."""
+    ensure_embedded_db(get_settings())
+    with session_scope() as s:
+        job = get_job(s, job_id)
+        if job is None:
+            err_console.print(f"[red]no job {job_id}")
+            raise typer.Exit(code=2)
+        report = build_report(s, job)
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json")))
+    else:
+        _print_report(report)

@@ -1,0 +1,75 @@
+"""Celery tasks: thin wrappers that call earshot.pipeline and fan out / fan in.
+
+Fan-in is a database latch rather than a chord: every analyze_segment checks whether all
+segments are done and enqueues finalize_job, which is idempotent. A chord's counter in the
+result backend would double-count a segment redelivered after a worker died (acks_late).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task
+
+from earshot import pipeline
+from earshot.config import get_settings
+from earshot.db.session import session_scope
+from earshot.engines import get_engine
+from earshot.errors import EarshotError
+from earshot.jobs.service import fail_job
+from workers.celery_app import app
+
+log = logging.getLogger("earshot.tasks")
+T = TypeVar("T")
+
+
+def _guarded(task: Task, job_id: str, step: Callable[[], T]) -> T | None:
+    """Run a step; bad input fails the job at once, anything else is retried with backoff."""
+    settings = get_settings()
+    try:
+        return step()
+    except EarshotError as exc:
+        if not exc.retryable:
+            log.warning("job %s failed: %s (%s)", job_id, exc.message, exc.code)
+            with session_scope() as s:
+                fail_job(s, job_id, exc)
+            return None
+        error: BaseException = exc
+    except Exception as exc:  # a bug or an outage: retry, then fail with the reason
+        log.exception("job %s step failed", job_id)
+        error = exc
+    retries = task.request.retries or 0
+    if retries >= settings.task_max_retries:
+        with session_scope() as s:
+            fail_job(s, job_id, error)
+        return None
+    raise task.retry(exc=error, countdown=settings.task_retry_backoff_s * 2**retries)
+
+
+@app.task(bind=True, name="earshot.process_job", max_retries=None)
+def process_job(self: Task, job_id: str) -> None:
+    indices = _guarded(self, job_id, lambda: pipeline.prepare_job(job_id, get_settings()))
+    if indices is None:
+        return
+    for index in indices:
+        analyze_segment.delay(job_id, index)
+    if not indices:
+        finalize_job.delay(job_id)
+
+
+@app.task(bind=True, name="earshot.analyze_segment", max_retries=None)
+def analyze_segment(self: Task, job_id: str, index: int) -> None:
+    done = _guarded(self, job_id, lambda: pipeline.analyze_segment(job_id, index, get_engine()))
+    if done:
+        finalize_job.delay(job_id)
+
+
+@app.task(bind=True, name="earshot.finalize_job", max_retries=None)
+def finalize_job(self: Task, job_id: str) -> None:
+    _guarded(self, job_id, lambda: pipeline.finalize_job(job_id, get_engine(), get_settings()))
+
+
+def enqueue(job_id: str) -> Any:
+    return process_job.delay(job_id)
