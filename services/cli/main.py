@@ -22,13 +22,34 @@ def _setup() -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
 
 
+# Areas mounted when their module exists and imports (some need extras).
+# (module, attribute, name, is_group)
+OPTIONAL = [
+    ("earshot.training.cli", "app", "train", True),
+    ("services.cli.triton", "app", "triton", True),
+    ("services.cli.ingest", "app", "ingest", True),
+    ("services.cli.keys", "app", "keys", True),
+    ("services.cli.api", "serve", "api", False),
+    ("services.cli.export", "export", "export", False),
+    ("services.cli.ask", "ask", "ask", False),
+]
+
+
 def _mount_optional() -> None:
-    """Areas whose dependencies are extras: mounted when importable."""
-    try:
-        from earshot.training.cli import app as train_app
-    except ImportError:
-        return
-    app.add_typer(train_app, name="train", help="Curriculum fine-tuning of AF3.")
+    import importlib
+
+    for module, attr, name, group in OPTIONAL:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue  # the area is not part of this build
+            raise
+        obj = getattr(mod, attr)
+        if group:
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
 
 
 _mount_optional()
