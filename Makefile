@@ -1,0 +1,47 @@
+# The two commands that matter: `make demo` and `make test`. Each builds .venv itself.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TINY   := .earshot/models/tiny
+
+.PHONY: demo test lint typecheck unit services system-deps venv clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[model,triton,api,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# eSpeak NG speaks the summaries; it is a Debian package, not a wheel.
+system-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "installing espeak-ng"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+
+$(TINY)/config.json: | $(STAMP)
+	$(BIN)/earshot model init-tiny $(TINY) --with-think
+
+demo: $(STAMP) system-deps $(TINY)/config.json
+	EARSHOT_MAX_NEW_TOKENS=48 EARSHOT_SUMMARY_MAX_NEW_TOKENS=48 \
+	  $(BIN)/earshot run examples/speech_sample.flac \
+	  --tasks transcribe,caption,events,summarize,think,speak
+	@echo
+	@echo "The tiny model's words are noise: point EARSHOT_MODEL_PATH at real AF3 weights (README)."
+
+services:
+	bash scripts/start-services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps services lint typecheck
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .earshot .pytest_cache .mypy_cache .ruff_cache
