@@ -123,6 +123,8 @@ class AF3Runtime:
         # generate() and adapter switching are not re-entrant on one model
         self.lock = threading.RLock()
         self.think_loaded = False
+        # why a think/ adapter present in the checkpoint is not used (None when it is, or absent)
+        self.think_error: str | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "auto", dtype: str = "auto") -> AF3Runtime:
