@@ -30,5 +30,5 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # third-party chatter that says nothing to an operator
-    for noisy in ("botocore", "urllib3", "transformers", "httpx", "filelock"):
+    for noisy in ("botocore", "urllib3", "transformers", "httpx", "filelock", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -19,7 +19,7 @@ def configure(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     eager = s.broker_url is None
     app.conf.update(
-        broker_url=s.broker_url or "memory://",
+        broker_url=s.broker_url or "memory://localhost/",
         result_backend=s.result_backend,
         task_always_eager=eager,
         task_eager_propagates=True,

@@ -23,6 +23,9 @@ class LocalEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalEngine:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight-loading bars would break the CLI's own
         model_dir = resolve_model_dir(settings.model_path, settings)
         runtime = AF3Runtime.load(model_dir, device=settings.device, dtype=settings.dtype)
         return cls(runtime, settings, model_id=settings.model_path)

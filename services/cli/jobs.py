@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Annotated
@@ -41,6 +42,8 @@ def _print_report(report: JobReport) -> None:
         console.print(f"duration {report.duration:.1f} s in {len(report.segments)} segment(s)")
     if report.summary:
         console.print(f"[bold]summary[/] {report.summary}")
+    for i, caption in enumerate(report.captions):
+        console.print(f"[bold]caption[/] {i}: {caption}")
     for ch in report.chapters:
         console.print(f"  [cyan]{ch.start:8.1f}s[/] {ch.title}")
     if report.transcript:
@@ -111,6 +114,9 @@ def run(
     """Process files now, with a progress bar per file and a report at the end."""
     settings = apply_overrides(engine=engine, model_path=model_path)
     ensure_embedded_db(settings)
+    if settings.broker_url is None:
+        # in-process tasks would print Celery's per-task lines between the progress bars
+        logging.getLogger("celery").setLevel(logging.WARNING)
     task_list = [t.strip() for t in tasks.split(",")] if tasks else list(settings.default_tasks)
     reports: list[JobReport] = []
     with Progress(
