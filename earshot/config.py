@@ -58,6 +58,37 @@ class Settings(BaseSettings):
     # API
     api_max_upload_bytes: int = 512 * 1024**2
 
+    # Ingest: S3 events -> jobs (see docs/ingest.md). Lists are JSON in the environment.
+    # Results of an ingested object go to s3://<bucket>/<ingest_output_prefix><key>.<ext>;
+    # keys under this prefix never start a job (no loops).
+    ingest_output_prefix: str = "earshot-output/"
+    ingest_tasks: list[str] | None = None  # None: default_tasks
+    ingest_buckets: list[str] = Field(default_factory=list)  # empty: any bucket that exists
+    ingest_prefixes: list[str] = Field(default_factory=list)  # empty: every key
+    ingest_exclude_prefixes: list[str] = Field(default_factory=list)
+    ingest_suffixes: list[str] = Field(
+        default_factory=lambda: [
+            ".wav", ".mp3", ".flac", ".ogg", ".opus", ".oga", ".m4a", ".aac", ".webm",
+            ".mp4", ".mkv", ".mov", ".wma", ".aif", ".aiff", ".amr", ".3gp",
+        ]
+    )  # empty: every suffix
+    ingest_min_bytes: int = 1
+    ingest_max_bytes: int | None = None  # None: max_file_bytes
+    ingest_verify_objects: bool = True  # HEAD each object: existence, current etag, version
+    ingest_max_receives: int = 5  # a message failing this often for unknown reasons is dead-lettered
+    ingest_visibility_timeout_s: int = 120
+    ingest_sqs_endpoint_url: str | None = None
+    ingest_webhook_secret: str | None = None
+    ingest_sns_verify: bool = True
+    ingest_sns_topic_arns: list[str] = Field(default_factory=list)  # empty: any verified topic
+
+    # Completion callbacks: POST {job_id, status}, HMAC-SHA256 signed, retried with backoff
+    callback_url: str | None = None  # default for jobs that carry no callback_url
+    callback_secret: str | None = None
+    callback_max_attempts: int = 8
+    callback_backoff_s: float = 5.0
+    callback_timeout_s: float = 10.0
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -10,6 +10,7 @@ QUEUES = {
     "earshot.process_job": "cpu",
     "earshot.analyze_segment": "gpu",
     "earshot.finalize_job": "cpu",
+    "earshot.deliver_callback": "cpu",
 }
 
 app = Celery("earshot", include=["workers.tasks"])

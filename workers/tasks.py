@@ -35,6 +35,7 @@ def _guarded(task: Task, job_id: str, step: Callable[[], T]) -> T | None:
             log.warning("job %s failed: %s (%s)", job_id, exc.message, exc.code)
             with session_scope() as s:
                 fail_job(s, job_id, exc)
+            _notify(job_id)
             return None
         error: BaseException = exc
     except Exception as exc:  # a bug or an outage: retry, then fail with the reason
@@ -44,6 +45,7 @@ def _guarded(task: Task, job_id: str, step: Callable[[], T]) -> T | None:
     if retries >= settings.task_max_retries:
         with session_scope() as s:
             fail_job(s, job_id, error)
+        _notify(job_id)
         return None
     raise task.retry(exc=error, countdown=settings.task_retry_backoff_s * 2**retries)
 
@@ -68,7 +70,30 @@ def analyze_segment(self: Task, job_id: str, index: int) -> None:
 
 @app.task(bind=True, name="earshot.finalize_job", max_retries=None)
 def finalize_job(self: Task, job_id: str) -> None:
-    _guarded(self, job_id, lambda: pipeline.finalize_job(job_id, get_engine(), get_settings()))
+    if _guarded(self, job_id, lambda: pipeline.finalize_job(job_id, get_engine(), get_settings())):
+        _notify(job_id)
+
+
+@app.task(bind=True, name="earshot.deliver_callback", max_retries=None)
+def deliver_callback(self: Task, delivery_id: str) -> None:
+    """One attempt at a completion callback; retried with backoff until delivered or given up."""
+    from earshot.ingest.callbacks import deliver
+
+    attempt = deliver(delivery_id, get_settings())
+    if attempt.retry_in_s is not None:
+        raise self.retry(countdown=attempt.retry_in_s)
+
+
+def _notify(job_id: str) -> None:
+    """Queue the completion callback of a job that just finished; never fails the caller."""
+    try:
+        from earshot.ingest.callbacks import schedule
+
+        delivery_id = schedule(job_id, get_settings())
+        if delivery_id:
+            deliver_callback.delay(delivery_id)
+    except Exception:
+        log.warning("cannot schedule the callback of job %s", job_id, exc_info=True)
 
 
 def enqueue(job_id: str) -> Any:
