@@ -13,6 +13,7 @@ import numpy as np
 
 from earshot import prompts
 from earshot.engines.base import Engine
+from earshot.grounding import GroundingResult, absolutize_times, parse_grounding
 from earshot.results import Event, Reasoning, Utterance
 
 
@@ -24,11 +25,18 @@ class SegmentAnalysis:
     caption: str | None = None
     events: list[Event] = field(default_factory=list)
     events_dropped: int = 0
+    grounding: GroundingResult | None = None
     summary: str | None = None
     reasoning: list[Reasoning] = field(default_factory=list)
+    # honest remarks about how results were produced (e.g. no think adapter)
+    notes: list[str] = field(default_factory=list)
 
     def shifted(self, offset_s: float) -> SegmentAnalysis:
-        """The same results on the file's timeline (segment start = ``offset_s``)."""
+        """The same results on the file's timeline (segment start = ``offset_s``).
+
+        Explicit clip-relative times inside answers to questions ("at 12 s") are rewritten
+        as file times too; the model's own words stay in ``raw``.
+        """
         return SegmentAnalysis(
             duration_s=self.duration_s,
             raw=dict(self.raw),
@@ -42,8 +50,13 @@ class SegmentAnalysis:
                 for e in self.events
             ],
             events_dropped=self.events_dropped,
+            grounding=self.grounding.shifted(offset_s) if self.grounding else None,
             summary=self.summary,
-            reasoning=list(self.reasoning),
+            reasoning=[
+                r.model_copy(update={"answer": absolutize_times(r.answer, offset_s, self.duration_s)})
+                for r in self.reasoning
+            ],
+            notes=list(self.notes),
         )
 
 
@@ -71,16 +84,22 @@ def analyze_audio(
     if "caption" in result.raw:
         result.caption = result.raw["caption"].strip()
     if "events" in result.raw:
-        parsed = prompts.parse_events(result.raw["events"], duration)
-        result.events = [Event(start=i.start, end=i.end, label=i.text, raw=i.raw) for i in parsed.items]
-        result.events_dropped = parsed.dropped
+        grounded = parse_grounding(result.raw["events"], duration)
+        result.grounding = grounded
+        result.events = [Event(start=e.start, end=e.end, label=e.label, raw=e.raw) for e in grounded.events]
+        result.events_dropped = grounded.dropped_count
     if "summarize" in result.raw:
         result.summary = result.raw["summarize"].strip()
 
     think_questions = ([prompts.THINK_QUESTION] if "think" in tasks else []) + list(questions)
     if think_questions:
         thinking = "think" in tasks
-        answers = engine.generate(think_questions, audio=audio, think=thinking)
+        if thinking and not engine.has_think_adapter:
+            from earshot.af3.think import NO_ADAPTER_NOTE
+
+            result.notes.append(NO_ADAPTER_NOTE)
+        asked = [q if q == prompts.THINK_QUESTION else q + prompts.QUESTION_TIMES for q in think_questions]
+        answers = engine.generate(asked, audio=audio, think=thinking)
         for q, a in zip(think_questions, answers, strict=True):
             trace, answer = prompts.split_reasoning(a) if thinking else ("", a.strip())
             result.reasoning.append(

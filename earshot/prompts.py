@@ -19,9 +19,11 @@ TRANSCRIBE = (
 )
 CAPTION = "Describe the audio in one sentence."
 EVENTS = (
-    "List every sound event in the audio, such as speech, a speaker change, music starting or "
-    "stopping, alarms, sirens, animals, vehicles, laughter or applause. Put each event on its "
-    "own line with its start and end time in seconds, like: [3.0 - 7.5] siren."
+    "List every event in the audio with its time: sound events (alarms, sirens, animals, "
+    "vehicles, laughter, applause), speech starting or stopping, a speaker change, music "
+    "starting or stopping, and a new topic being discussed (write it as: topic: <subject>). "
+    "Put each event on its own line with its start and end time in seconds, like: "
+    "[3.0 - 7.5] siren. For an instant, give one time, like: [12.0] speaker change."
 )
 SUMMARIZE = "Summarize the content of the audio in a few sentences."
 THINK_QUESTION = "What is happening in this audio? Explain what you hear."
@@ -33,7 +35,12 @@ REDUCE_ANSWERS = (
     'The question "{question}" was answered for consecutive parts of one recording. Combine '
     "the answers into one answer for the whole recording.\n\n{parts}"
 )
-CHAPTER_TITLE = "Give a short title (at most eight words) for this part of a recording:\n\n{text}"
+CHAPTER_TITLE = (
+    "Here is a summary of one part of a recording. Give this part a short title of at most "
+    "eight words. Answer with the title only.\n\n{text}"
+)
+# Per-segment custom questions: the answer's times must be relative to the clip.
+QUESTION_TIMES = " If you mention times, give them in seconds from the start of this audio."
 
 PROMPTS = {
     "transcribe": TRANSCRIBE,
@@ -114,21 +121,59 @@ def parse_transcript(text: str, duration_s: float) -> list[TimedLine]:
 
 
 def parse_events(text: str, duration_s: float) -> TimedParse:
-    parsed = parse_timed_lines(text, duration_s)
-    parsed.items = [i for i in parsed.items if i.text]
-    return parsed
+    """Grounded events (see ``earshot.grounding``) in the older TimedParse shape."""
+    from earshot.grounding import parse_grounding
+
+    grounded = parse_grounding(text, duration_s)
+    return TimedParse(
+        items=[TimedLine(start=e.start, end=e.end, text=e.label, raw=e.raw) for e in grounded.events],
+        dropped=grounded.dropped_count,
+        untimed=grounded.untimed,
+    )
+
+
+_TITLE_PREFIX = re.compile(r"^\s*(?:title|chapter(?:\s+\d+)?|part(?:\s+\d+)?)\s*[:\-–]\s*", re.IGNORECASE)
+
+
+def clean_title(text: str, *, max_chars: int = 80) -> str:
+    """The first non-empty line of a title answer, without 'Title:', quotes or markdown."""
+    for line in text.splitlines():
+        line = _TITLE_PREFIX.sub("", line.strip().lstrip("#*- ").strip())
+        prev = None
+        while prev != line:
+            prev = line
+            line = line.strip().strip("\"'`*_").strip().rstrip(".").strip()
+        if line:
+            if len(line) > max_chars:
+                cut = line[:max_chars].rsplit(" ", 1)[0]
+                line = (cut or line[:max_chars]).rstrip(",;:") + "…"
+            return line
+    return ""
 
 
 _THINK_TAGS = re.compile(r"<think>(.*?)</think>(.*)", re.DOTALL | re.IGNORECASE)
-_ANSWER_MARK = re.compile(r"^(.*?)(?:\n|^)\s*(?:final answer|answer)\s*[:\-]\s*(.*)$", re.DOTALL | re.IGNORECASE)
+_THINK_OPEN = re.compile(r"<think>(.*)$", re.DOTALL | re.IGNORECASE)
+_ANSWER_MARK = re.compile(
+    r"^(.*?)(?:\n|^)\s*(?:\*\*)?(?:final answer|answer|conclusion)(?:\*\*)?\s*[:\-](?:\*\*)?\s*(.*)$",
+    re.DOTALL | re.IGNORECASE,
+)
+_REASONING_LABEL = re.compile(r"^\s*(?:reasoning|thinking|thoughts?)\s*[:\-]\s*", re.IGNORECASE)
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
-    """(thinking, answer) from '<think>..</think> answer' or '... Answer: ...'; else ('', text)."""
+    """(thinking, answer) from AF3 thinking-mode output; never raises.
+
+    Accepts '<think>..</think> answer', a '<think>' cut off by the token limit (all of it is
+    thinking, the answer is empty), and '... Answer: ...' / 'Final answer: ...' markers.
+    Anything else is all answer: ('', text).
+    """
     m = _THINK_TAGS.search(text)
     if m:
         return m.group(1).strip(), m.group(2).strip()
+    m = _THINK_OPEN.search(text)
+    if m:
+        return m.group(1).strip(), ""
     m = _ANSWER_MARK.match(text)
     if m and m.group(1).strip():
-        return m.group(1).strip(), m.group(2).strip()
+        return _REASONING_LABEL.sub("", m.group(1).strip()), m.group(2).strip()
     return "", text.strip()
