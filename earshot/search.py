@@ -1,0 +1,202 @@
+"""Full-text search over transcripts (utterances) and summaries.
+
+PostgreSQL: ``websearch_to_tsquery`` against the stored ``search_tsv`` columns (GIN indexed,
+migration 0002_api), ranked with ``ts_rank_cd`` (cover density: more and closer matches rank
+higher; summary titles weigh more than their text), snippets from ``ts_headline``.
+
+SQLite (the embedded mode) has no such machinery: every word of the query must occur in the
+text (case-insensitive ``LIKE``) and hits rank by how often the words occur. Good enough for a
+laptop; the REST contract is the same.
+
+Times in hits are absolute (seconds on the file's timeline), as stored.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.orm import Session
+
+from earshot.db import models as m
+
+__all__ = ["KINDS", "SearchHit", "SearchPage", "search"]
+
+TS_CONFIG = "english"
+KINDS: tuple[str, ...] = ("utterance", "summary")
+HitKind = Literal["utterance", "summary"]
+
+# ts_headline marks matches with these; the rest of the text is HTML-escaped afterwards, so a
+# snippet is safe to render and only ever contains <mark> tags.
+_START, _STOP = "\x02", "\x03"
+_HEADLINE_OPTS = f"StartSel={_START}, StopSel={_STOP}, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    kind: HitKind
+    id: int
+    job_id: str
+    source: str
+    start: float
+    end: float
+    text: str
+    snippet: str
+    score: float
+    level: str | None = None  # summaries: segment, section, file, caption, chapter
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: list[SearchHit]
+    has_more: bool
+
+
+def _safe_snippet(raw: str) -> str:
+    escaped = html.escape(raw.replace("<mark>", "").replace("</mark>", ""), quote=False)
+    return escaped.replace(_START, "<mark>").replace(_STOP, "</mark>")
+
+
+def search(
+    session: Session,
+    query: str,
+    *,
+    limit: int = 20,
+    offset: int = 0,
+    job_id: str | None = None,
+    kinds: Sequence[str] = KINDS,
+) -> SearchPage:
+    """Best matches first; ``has_more`` tells whether another page exists."""
+    query = query.strip()
+    kinds = [k for k in KINDS if k in kinds]
+    if not query or not kinds or limit <= 0:
+        return SearchPage([], False)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = _search_postgres(session, query, limit + 1, offset, job_id, kinds)
+    else:
+        rows = _search_fallback(session, query, limit + 1, offset, job_id, kinds)
+    return SearchPage(rows[:limit], len(rows) > limit)
+
+
+def _search_postgres(
+    session: Session, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str]
+) -> list[SearchHit]:
+    job_filter_u = "AND u.job_id = :job_id" if job_id else ""
+    job_filter_s = "AND s.job_id = :job_id" if job_id else ""
+    parts = []
+    if "utterance" in kinds:
+        parts.append(
+            f"""SELECT 'utterance' AS kind, u.id, u.job_id, u.start_s, u.end_s, u.text,
+                       NULL::text AS level, ts_rank_cd(u.search_tsv, q.query) AS score
+                FROM utterances u, q WHERE u.search_tsv @@ q.query {job_filter_u}"""
+        )
+    if "summary" in kinds:
+        parts.append(
+            f"""SELECT 'summary' AS kind, s.id, s.job_id, s.start_s, s.end_s,
+                       CASE WHEN s.title IS NULL OR s.title = '' THEN s.text
+                            ELSE s.title || ': ' || s.text END AS text,
+                       s.level, ts_rank_cd(s.search_tsv, q.query) AS score
+                FROM summaries s, q WHERE s.search_tsv @@ q.query {job_filter_s}"""
+        )
+    sql = f"""
+        WITH q AS (SELECT websearch_to_tsquery('{TS_CONFIG}', :query) AS query),
+        hits AS ({" UNION ALL ".join(parts)}),
+        page AS (SELECT * FROM hits ORDER BY score DESC, kind DESC, id LIMIT :limit OFFSET :offset)
+        SELECT page.kind, page.id, page.job_id, page.start_s, page.end_s, page.text, page.level,
+               page.score, j.source_uri,
+               ts_headline('{TS_CONFIG}', page.text, q.query, :opts) AS snippet
+        FROM page JOIN jobs j ON j.id = page.job_id, q
+        ORDER BY page.score DESC, page.kind DESC, page.id
+    """
+    params: dict[str, Any] = {"query": query, "limit": limit, "offset": offset, "opts": _HEADLINE_OPTS}
+    if job_id:
+        params["job_id"] = job_id
+    result = session.execute(text(sql), params)
+    return [
+        SearchHit(
+            kind=r.kind,
+            id=int(r.id),
+            job_id=r.job_id,
+            source=r.source_uri,
+            start=float(r.start_s),
+            end=float(r.end_s),
+            text=r.text,
+            snippet=_safe_snippet(r.snippet or ""),
+            score=float(r.score),
+            level=r.level,
+        )
+        for r in result
+    ]
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _fallback_snippet(body: str, words: Sequence[str], width: int = 160) -> str:
+    lowered = body.lower()
+    first = min((i for i in (lowered.find(w) for w in words) if i >= 0), default=0)
+    start = max(0, first - width // 3)
+    piece = body[start : start + width]
+    escaped = html.escape(piece, quote=False)
+    for w in sorted(set(words), key=len, reverse=True):
+        escaped = re.sub(f"({re.escape(html.escape(w, quote=False))})", r"\x02\1\x03", escaped, flags=re.IGNORECASE)
+    escaped = escaped.replace(_START, "<mark>").replace(_STOP, "</mark>")
+    return ("… " if start > 0 else "") + escaped + (" …" if start + width < len(body) else "")
+
+
+def _search_fallback(
+    session: Session, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str]
+) -> list[SearchHit]:
+    words = [w.lower() for w in _WORD.findall(query)]
+    if not words:
+        return []
+    candidates: list[tuple[HitKind, int, str, float, float, str, str | None]] = []
+    tables: list[tuple[HitKind, Any]] = []
+    if "utterance" in kinds:
+        tables.append(("utterance", m.Utterance))
+    if "summary" in kinds:
+        tables.append(("summary", m.Summary))
+    for kind, model in tables:
+        stmt = session.query(model)
+        for i, w in enumerate(words):
+            pattern = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.filter(model.text.ilike(bindparam(f"w{i}", pattern), escape="\\"))
+        if job_id:
+            stmt = stmt.filter(model.job_id == job_id)
+        for row in stmt.limit(5000):
+            body = row.text
+            level = None
+            if kind == "summary":
+                level = row.level
+                if row.title:
+                    body = f"{row.title}: {row.text}"
+            candidates.append((kind, row.id, row.job_id, row.start_s, row.end_s, body, level))
+    scored = []
+    for kind, rid, jid, start, end, body, level in candidates:
+        lowered = body.lower()
+        score = sum(lowered.count(w) for w in words) / (1.0 + len(lowered) / 500.0)
+        scored.append((score, kind, rid, jid, start, end, body, level))
+    scored.sort(key=lambda t: (-t[0], t[1] == "utterance", t[2]))
+    page = scored[offset : offset + limit]
+    sources = dict(
+        session.query(m.Job.id, m.Job.source_uri).filter(m.Job.id.in_({t[3] for t in page})).all()
+    ) if page else {}
+    return [
+        SearchHit(
+            kind=kind,
+            id=rid,
+            job_id=jid,
+            source=sources.get(jid, ""),
+            start=start,
+            end=end,
+            text=body,
+            snippet=_fallback_snippet(body, words),
+            score=round(score, 6),
+            level=level,
+        )
+        for score, kind, rid, jid, start, end, body, level in page
+    ]

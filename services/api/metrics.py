@@ -1,0 +1,76 @@
+"""Prometheus metrics: requests and latency by route template, method and status."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ApiMetrics:
+    """One registry per app, so several apps (tests) never collide on metric names."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.requests = Counter(
+            "earshot_api_requests_total",
+            "HTTP requests served",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "earshot_api_request_duration_seconds",
+            "Time to the end of the response",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.in_progress = Gauge(
+            "earshot_api_requests_in_progress", "Requests being served", registry=self.registry
+        )
+        self.uploaded_bytes = Counter(
+            "earshot_api_upload_bytes_total", "Audio bytes received by uploads", registry=self.registry
+        )
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): streams pass through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_progress.dec()
+            route = scope.get("route")
+            # the template (/v1/jobs/{job_id}), never the raw path: bounded label values
+            label = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            if method not in METHODS:
+                method = "OTHER"
+            self.metrics.requests.labels(method, label, str(status)).inc()
+            self.metrics.latency.labels(method, label).observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""One router per area: health, jobs, results, search, keys."""
