@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     summary_max_new_tokens: int = 256
     # characters of child summaries per reduce call; keeps each call inside the LLM context
     reduce_budget_chars: int = 12000
+    # chapters of the file summary: about one per chapter_target_s of audio, at most
+    # max_chapters (each costs one title call)
+    chapter_target_s: float = 900.0
+    max_chapters: int = 12
+    # conversations: audio per clip (a longer file is windowed) and per conversation in total
+    chat_max_clip_s: float = 300.0
+    chat_max_audio_s: float = 600.0
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = 120.0
     triton_max_concurrency: int = 4

@@ -15,9 +15,9 @@ from earshot.db.base import utcnow
 from earshot.db.session import session_scope
 from earshot.engines.base import Engine
 from earshot.jobs.report import build_report
-from earshot.jobs.store import save_file_reasoning, save_file_summary, save_speech
+from earshot.jobs.store import merge_cut_events, save_file_reasoning, save_file_summary, save_speech
 from earshot.pipeline.prepare import scratch_prefix
-from earshot.reduce import reduce_summaries
+from earshot.reduce import reduce_summaries, summarize_recording
 from earshot.results import Chapter
 
 log = logging.getLogger("earshot.finalize")
@@ -74,13 +74,43 @@ def finalize_job(job_id: str, engine: Engine, settings: Settings) -> bool:
     def complete(prompt: str) -> str:
         return engine.generate([prompt], max_new_tokens=settings.summary_max_new_tokens)[0]
 
+    notes: dict[str, object] = {}
+    with session_scope() as s:
+        # events cut in two by a segment boundary become one; dropped lines are counted
+        grounding = merge_cut_events(s, job_id=job_id)
+        job = s.get(m.Job, job_id)
+        assert job is not None
+        previous = job.options.get("grounding") or {}
+        grounding["events_merged"] += int(previous.get("events_merged", 0))
+        notes["grounding"] = grounding
+        if "think" in tasks:
+            from earshot.af3.think import NO_ADAPTER_NOTE
+
+            notes["think"] = (
+                {"adapter": True}
+                if engine.has_think_adapter
+                else {"adapter": False, "note": NO_ADAPTER_NOTE}
+            )
+        job.options = {**job.options, **notes}
+
     summary = ""
+    llm_calls = 0
     if "summarize" in tasks and parts:
-        reduced = reduce_summaries(parts, complete, budget_chars=settings.reduce_budget_chars)
+        # segment summaries -> titled sections (chapters) -> one file summary, each call in budget
+        reduced = summarize_recording(
+            parts,
+            complete,
+            duration_s=duration,
+            budget_chars=settings.reduce_budget_chars,
+            chapter_target_s=settings.chapter_target_s,
+            max_chapters=settings.max_chapters,
+        )
         summary = reduced.summary
+        llm_calls += reduced.calls
         with session_scope() as s:
             save_file_summary(
-                s, job_id=job_id, summary=summary, duration_s=duration, sections=reduced.sections
+                s, job_id=job_id, summary=summary, duration_s=duration,
+                sections=reduced.sections, chapters=reduced.chapters,
             )
 
     file_answers: list[tuple[str, str]] = []
@@ -97,6 +127,7 @@ def finalize_job(job_id: str, engine: Engine, settings: Settings) -> bool:
         ]
         template = prompts.REDUCE_ANSWERS.replace("{question}", q.replace("{", "(").replace("}", ")"))
         r = reduce_summaries(q_parts, complete, budget_chars=settings.reduce_budget_chars, template=template)
+        llm_calls += r.calls
         file_answers.append((q, r.summary))
     if file_answers:
         with session_scope() as s:
@@ -136,7 +167,9 @@ def finalize_job(job_id: str, engine: Engine, settings: Settings) -> bool:
         job.progress = 1.0
         job.finished_at = utcnow()
         job.model_id = engine.model_id
-        job.timings = {**job.timings, "finalize_s": round(time.monotonic() - t0, 3)}
+        job.timings = {
+            **job.timings, "finalize_s": round(time.monotonic() - t0, 3), "reduce_llm_calls": llm_calls,
+        }
     try:
         storage.delete_prefix(scratch_prefix(settings, job_id) + "/")
     except Exception:  # scratch is disposable; a leftover must not fail a finished job
