@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from earshot.af3.chat import single_turn
+from earshot.af3.chat import Turn, chatml, single_turn
 from earshot.af3.loading import resolve_model_dir
 from earshot.af3.runtime import AF3Runtime
 from earshot.config import Settings
@@ -59,6 +60,58 @@ class LocalEngine:
             ).text
             for p in prompts
         ]
+
+    def chat_prompt(
+        self, turns: Sequence[Turn], clips: Sequence[np.ndarray], *, think: bool = False
+    ) -> tuple[str, list[Any]]:
+        """The ChatML text and per-clip embeddings :meth:`chat` sends (one encode per clip)."""
+        from earshot.errors import InputError
+
+        if not turns or turns[-1].role != "user":
+            raise InputError("a conversation must end with a user turn", code="bad_conversation")
+        wanted = sum(t.audio for t in turns)
+        if wanted != len(clips):
+            raise InputError(
+                f"the turns attach {wanted} audio clip(s) but {len(clips)} were given",
+                code="prompt_audio_mismatch",
+            )
+        return chatml(turns, think=think), [self.runtime.encode(c) for c in clips]
+
+    def chat(
+        self,
+        turns: Sequence[Turn],
+        clips: Sequence[np.ndarray],
+        *,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+    ) -> str:
+        prompt, embeds = self.chat_prompt(turns, clips, think=think)
+        return self.runtime.generate(
+            prompt,
+            embeds,
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            temperature=temperature,
+            think=think,
+        ).text
+
+    def chat_stream(
+        self,
+        turns: Sequence[Turn],
+        clips: Sequence[np.ndarray],
+        *,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+    ) -> Iterator[str]:
+        prompt, embeds = self.chat_prompt(turns, clips, think=think)
+        yield from self.runtime.stream(
+            prompt,
+            embeds,
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            temperature=temperature,
+            think=think,
+        )
 
     def speak(self, text: str) -> Speech:
         return espeak(text, voice=self.settings.tts_voice, binary=self.settings.espeak_binary)
