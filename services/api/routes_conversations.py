@@ -1,0 +1,272 @@
+"""``/v1/conversations``: questions and multi-turn, multi-audio chat over processed files.
+
+A standalone router: its session, settings and engine come from its own dependencies (all
+overridable with ``app.dependency_overrides``). Access control is two hooks, ``read_access``
+(GET) and ``write_access`` (POST, DELETE), which do nothing by themselves; the app wires
+them to its API-key scopes, e.g.::
+
+    app.include_router(routes_conversations.router)
+    app.dependency_overrides[routes_conversations.read_access] = require_scope("read")
+    app.dependency_overrides[routes_conversations.write_access] = require_scope("submit")
+
+Answers stream as server-sent events when the body says ``"stream": true``::
+
+    event: token
+    data: {"text": "A dog"}
+
+    event: answer
+    data: {"conversation_id": "...", "question": {...}, "answer": {...}}
+
+(or ``event: error`` with ``{"code", "message"}`` if the model fails mid-stream).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from earshot import storage
+from earshot.chat import service
+from earshot.chat.schemas import (
+    AnswerOut,
+    ConversationCreate,
+    ConversationOut,
+    ConversationSummary,
+    TurnCreate,
+)
+from earshot.config import Settings, get_settings
+from earshot.db.session import session_factory, session_scope
+from earshot.engines.base import Engine
+from earshot.errors import EarshotError, EngineError, InputError, StorageError
+from services.api.problems import ApiProblem
+
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+
+SSE_MEDIA_TYPE = "text/event-stream"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# ---- dependencies (override any of them in the app or in tests) ------------------------------
+
+
+def read_access() -> None:
+    """Access check for reads; the app overrides it with its API-key scope check."""
+
+
+def write_access() -> None:
+    """Access check for questions and deletes; the app overrides it with its scope check."""
+
+
+def get_chat_settings(request: Request) -> Settings:
+    settings = getattr(request.app.state, "settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+def get_db(settings: Annotated[Settings, Depends(get_chat_settings)]) -> Iterator[Session]:
+    session = session_factory(settings.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_chat_engine() -> Engine:
+    from earshot.engines import get_engine
+
+    return get_engine()
+
+
+SettingsDep = Annotated[Settings, Depends(get_chat_settings)]
+DbDep = Annotated[Session, Depends(get_db)]
+EngineDep = Annotated[Engine, Depends(get_chat_engine)]
+Read = Depends(read_access)
+Write = Depends(write_access)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _problems() -> Iterator[None]:
+    """Earshot errors as problem documents with the right status and a stable code."""
+    try:
+        yield
+    except service.ConversationNotFound as exc:
+        raise ApiProblem(404, exc.message, code=exc.code) from exc
+    except service.ConversationConflict as exc:
+        raise ApiProblem(409, exc.message, code=exc.code) from exc
+    except InputError as exc:
+        status_code = 409 if exc.code == "job_not_ready" else 404 if exc.code == "job_not_found" else 422
+        raise ApiProblem(status_code, exc.message, code=exc.code) from exc
+    except StorageError as exc:
+        raise ApiProblem(404 if exc.code == "not_found" else 502, exc.message, code=exc.code) from exc
+    except EngineError as exc:
+        raise ApiProblem(503 if exc.retryable else 502, exc.message, code=exc.code) from exc
+    except EarshotError as exc:
+        raise ApiProblem(503 if exc.retryable else 500, exc.message, code=exc.code) from exc
+
+
+def _sse(events: Iterable[service.StreamEvent]) -> Iterator[str]:
+    for ev in events:
+        yield f"event: {ev.event}\ndata: {json.dumps(ev.data, ensure_ascii=False)}\n\n"
+
+
+def _answer(
+    session: Session,
+    settings: Settings,
+    engine: Engine,
+    *,
+    conversation_id: str,
+    body: ConversationCreate | TurnCreate,
+    question: str,
+    with_clips: bool,
+) -> AnswerOut | StreamingResponse:
+    with _problems():
+        prepared = service.prepare_turn(
+            session,
+            conversation_id=conversation_id,
+            question=question,
+            settings=settings,
+            clips=body.all_clips() if with_clips else (),
+            think=body.think,
+            speak=body.speak,
+            max_new_tokens=body.max_new_tokens,
+        )
+        # the prompt and audio are in hand: give the connection back while the model works
+        session.rollback()
+        if body.stream:
+            events = service.stream_turn(
+                prepared, engine=engine, settings=settings,
+                session_scope=partial(session_scope, settings.database_url),
+            )
+            return StreamingResponse(_sse(events), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+        out = service.answer_turn(session, prepared, engine=engine, settings=settings)
+        session.commit()
+        return out
+
+
+_STREAM_DOC = {
+    "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}, "example": "event: token\ndata: {\"text\": \"A\"}\n\n"}},
+    "description": "With `stream: true`: server-sent events `token`..., then `answer` (or `error`)",
+}
+_ERRORS = {
+    404: {"description": "No such conversation or job"},
+    409: {"description": "The job is not processed yet, or another turn was stored meanwhile"},
+    422: {"description": "Invalid question or clips (too long, out of range, over the audio budget)"},
+    503: {"description": "The inference engine is unavailable"},
+}
+
+
+# ---- routes -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ConversationOut,
+    summary="Start a conversation about one or several processed files",
+    description=(
+        "Attach clips (`clips` with optional windows, or `job_ids`). With a `question` the first "
+        "turn is answered at once (or streamed); without, the clips wait for the first turn."
+    ),
+    responses={200: _STREAM_DOC, **_ERRORS},  # type: ignore[dict-item]
+    dependencies=[Write],
+)
+def create_conversation(
+    body: ConversationCreate, response: Response, session: DbDep, settings: SettingsDep, engine: EngineDep
+) -> ConversationOut | StreamingResponse:
+    with _problems():
+        conv = service.create_conversation(session, settings=settings, title=body.title, clips=body.all_clips())
+        session.commit()
+        conversation_id = conv.id
+    response.headers["Location"] = f"{router.prefix}/{conversation_id}"
+    if body.question:
+        result = _answer(
+            session, settings, engine, conversation_id=conversation_id, body=body,
+            question=body.question, with_clips=False,
+        )
+        if isinstance(result, StreamingResponse):
+            result.headers["Location"] = response.headers["Location"]
+            return result
+    with _problems():
+        return service.conversation_out(service.get_conversation(session, conversation_id))
+
+
+@router.get(
+    "",
+    response_model=list[ConversationSummary],
+    summary="Conversations, most recently active first",
+    dependencies=[Read],
+)
+def list_conversations(
+    session: DbDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[ConversationSummary]:
+    return [service.conversation_summary(c) for c in service.list_conversations(session, limit=limit)]
+
+
+@router.get(
+    "/{conversation_id}",
+    response_model=ConversationOut,
+    summary="A conversation with its clips and every turn (answers, reasoning traces)",
+    responses={404: _ERRORS[404]},
+    dependencies=[Read],
+)
+def get_conversation(conversation_id: str, session: DbDep) -> ConversationOut:
+    with _problems():
+        return service.conversation_out(service.get_conversation(session, conversation_id))
+
+
+@router.delete(
+    "/{conversation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a conversation and its turns",
+    responses={404: _ERRORS[404]},
+    dependencies=[Write],
+)
+def delete_conversation(conversation_id: str, session: DbDep) -> Response:
+    with _problems():
+        service.delete_conversation(session, conversation_id)
+        session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{conversation_id}/turns",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AnswerOut,
+    summary="Ask a question; later questions can refer back to earlier audio",
+    description="Attach more clips with `clips`/`job_ids`. `think`, `speak` and `stream` as documented.",
+    responses={200: _STREAM_DOC, **_ERRORS},  # type: ignore[dict-item]
+    dependencies=[Write],
+)
+def add_turn(
+    conversation_id: str, body: TurnCreate, session: DbDep, settings: SettingsDep, engine: EngineDep
+) -> AnswerOut | StreamingResponse:
+    return _answer(
+        session, settings, engine, conversation_id=conversation_id, body=body,
+        question=body.question, with_clips=True,
+    )
+
+
+@router.get(
+    "/{conversation_id}/turns/{seq}/speech",
+    response_class=Response,
+    summary="The spoken answer of a turn (WAV)",
+    responses={200: {"content": {"audio/wav": {}}, "description": "The spoken answer"}, 404: _ERRORS[404]},
+    dependencies=[Read],
+)
+def turn_speech(conversation_id: str, seq: int, session: DbDep) -> Response:
+    with _problems():
+        conv = service.get_conversation(session, conversation_id)
+        turn = next((t for t in conv.turns if t.seq == seq), None)
+        if turn is None or not turn.speech_uri:
+            raise ApiProblem(404, f"turn {seq} of conversation {conversation_id} has no spoken answer", code="not_found")
+        data = storage.read_bytes(turn.speech_uri)
+    return Response(content=data, media_type="audio/wav")
