@@ -140,5 +140,6 @@ def ask(
         err_console.print(f"spoken answer written to {speak}")
     err_console.print(
         f"[dim]conversation {out.conversation_id} · turn {out.answer.seq} · "
-        f"continue with: earshot ask -c {out.conversation_id} \"...\"[/]"
+        f"continue with: earshot ask -c {out.conversation_id} \"...\"[/]",
+        soft_wrap=True,
     )
