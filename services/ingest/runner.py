@@ -35,6 +35,11 @@ def celery_enqueue(settings: Settings) -> Enqueue:
     from workers.celery_app import app, configure
 
     configure(settings)
+    # a broker changed since the app first published (tests, reconfiguration): new pools
+    if app._pool is not None:
+        # (kombu's registry keeps one pool per broker URL: dropping our handle is enough)
+        app._pool = None
+        app.amqp._producer_pool = None
     if settings.broker_url and settings.broker_url.startswith(("amqp", "pyamqp")):
         options = dict(app.conf.broker_transport_options or {})
         options.setdefault("confirm_publish", True)
@@ -66,8 +71,9 @@ def run_bridge(
     stop: threading.Event | None = None,
     metrics_port: int | None = None,
     on_batch: Callable[[list[Outcome]], None] | None = None,
+    poll_s: float = 10.0,
 ) -> None:
-    """Run until ``stop`` is set (or a signal arrives)."""
+    """Run until ``stop`` is set (or a signal arrives); ``poll_s`` bounds one receive."""
     stop = stop or threading.Event()
     _install_signals(stop)
     bridge = Bridge(settings, enqueue=enqueue or celery_enqueue(settings))
@@ -84,7 +90,7 @@ def run_bridge(
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ingest") as pool:
             while not stop.is_set():
-                _one_batch(source, bridge, pool, fault, on_batch)
+                _one_batch(source, bridge, pool, fault, on_batch, poll_s)
     finally:
         source.close()
         log.info("ingest bridge stopped")
@@ -96,9 +102,10 @@ def _one_batch(
     pool: ThreadPoolExecutor,
     fault: str,
     on_batch: Callable[[list[Outcome]], None] | None,
+    poll_s: float,
 ) -> None:
     try:
-        items = source.receive(max_wait_s=10)
+        items = source.receive(max_wait_s=poll_s)
     except Exception as exc:  # the queue is unreachable: wait and try again
         log.warning("cannot receive from %s: %s", source.name, exc)
         threading.Event().wait(5)
