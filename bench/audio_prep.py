@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,9 +77,16 @@ def ffmpeg_version(binary: str) -> str:
     return first.split(" Copyright")[0]
 
 
-def time_earshot(path: Path, *, plan: bool) -> tuple[float, int, int]:
-    """Seconds, output samples and number of segments for one pass over ``path``."""
-    started = time.perf_counter()
+class Timing(NamedTuple):
+    wall_s: float
+    cpu_s: float
+    samples: int
+    segments: int
+
+
+def time_earshot(path: Path, *, plan: bool) -> Timing:
+    """One pass over ``path``: decode (and plan), counting output samples and segments."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     samples = 0
     segments = 0
     chunks = decode_stream(path)
@@ -89,13 +97,20 @@ def time_earshot(path: Path, *, plan: bool) -> tuple[float, int, int]:
     else:
         for chunk in chunks:
             samples += chunk.shape[0]
-    return time.perf_counter() - started, samples, segments
+    return Timing(
+        time.perf_counter() - started, time.process_time() - cpu_started, samples, segments
+    )
 
 
-def time_ffmpeg(binary: str, path: Path) -> tuple[float, int]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_ffmpeg(binary: str, path: Path) -> Timing:
     command = [binary, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path)]
     command += ["-ar", str(SAMPLE_RATE), "-ac", "1", "-f", "f32le", "-"]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _children_cpu_s()
     received = 0
     with subprocess.Popen(command, stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
@@ -104,51 +119,79 @@ def time_ffmpeg(binary: str, path: Path) -> tuple[float, int]:
             received += len(block)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg failed with exit code {proc.returncode}")
-    return time.perf_counter() - started, received // 4
+    # The reading loop above costs this process CPU too, but that is the consumer's share.
+    return Timing(time.perf_counter() - started, _children_cpu_s() - cpu_started, received // 4, 0)
 
 
 def speed(path: Path, ffmpeg: str | None, repeat: int) -> None:
     duration = probe(path).duration_s or 0.0
     print(f"\n{path.name}: {duration / 60:.1f} min, {path.stat().st_size / 1e6:.1f} MB")
     path.read_bytes()  # into the page cache, so the first contender pays no disk read
-    # Best of `repeat`: the machine is shared, and the minimum is the least disturbed run.
-    decode_s, decoded_n, _ = min(time_earshot(path, plan=False) for _ in range(repeat))
-    full_s, planned_n, segments = min(time_earshot(path, plan=True) for _ in range(repeat))
-    row = "  {:<44} {:>7.2f} s  {:>6.0f}x real time"
-    print(row.format("earshot decode+resample", decode_s, duration / decode_s))
+    # Best of `repeat`, and CPU seconds next to wall seconds: the machine is shared, and
+    # CPU time is what a worker pays whatever its neighbours do.
+    decode = min((time_earshot(path, plan=False) for _ in range(repeat)), key=lambda t: t.cpu_s)
+    full = min((time_earshot(path, plan=True) for _ in range(repeat)), key=lambda t: t.cpu_s)
+    row = "  {:<36} {:>7.2f} s wall {:>7.2f} s CPU  {:>5.0f}x real time (CPU)"
     print(
-        row.format("earshot decode+resample+plan", full_s, duration / full_s)
-        + f"  ({segments} segments)"
+        row.format("earshot decode+resample", decode.wall_s, decode.cpu_s, duration / decode.cpu_s)
+    )
+    print(
+        row.format("earshot decode+resample+plan", full.wall_s, full.cpu_s, duration / full.cpu_s)
+        + f"  {full.segments} segments"
     )
     if ffmpeg is None:
         print("  ffmpeg baseline unavailable: no `ffmpeg` on PATH and no imageio-ffmpeg.")
         print("  Install one: `apt-get install -y ffmpeg` or `pip install imageio-ffmpeg`.")
         return
-    base_s, base_n = min(time_ffmpeg(ffmpeg, path) for _ in range(repeat))
-    print(row.format("ffmpeg -ar 16000 -ac 1 -f f32le -", base_s, duration / base_s))
+    base = min((time_ffmpeg(ffmpeg, path) for _ in range(repeat)), key=lambda t: t.cpu_s)
     print(
-        f"  ratio earshot(decode+plan) / ffmpeg: {full_s / base_s:.2f}x the time"
-        f"  (decode only: {decode_s / base_s:.2f}x)"
+        row.format(
+            "ffmpeg -ar 16000 -ac 1 -f f32le -", base.wall_s, base.cpu_s, duration / base.cpu_s
+        )
     )
-    print(f"  samples out: earshot {planned_n:,} (decode only {decoded_n:,}), ffmpeg {base_n:,}")
+    print(
+        f"  earshot(decode+plan) / ffmpeg: {full.cpu_s / base.cpu_s:.2f}x the CPU time, "
+        f"{full.wall_s / base.wall_s:.2f}x the wall time "
+        f"(decode only: {decode.cpu_s / base.cpu_s:.2f}x CPU)"
+    )
+    print(f"  samples out: earshot {full.samples:,}, ffmpeg {base.samples:,}")
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``VmXXX`` line of /proc/self/status in KiB (Linux only)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def child_memory(path: Path) -> None:
-    """Runs in a fresh interpreter so ru_maxrss is this workload's peak and nothing else's."""
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Runs in a fresh interpreter and prints its peak RSS as JSON.
+
+    VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report the parent's
+    size at fork time; the high-water mark of the new address space starts from zero.
+    """
+    baseline_kb = _status_kib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
+    cpu_started = time.process_time()
     segments, samples, flac_bytes, longest = 0, 0, 0, 0.0
     for segment in segment_stream(decode_stream(path)):
         buffer = io.BytesIO()
         write_flac(segment.samples, buffer)
-        flac_bytes += buffer.tell()
+        flac_bytes += buffer.getbuffer().nbytes
         segments += 1
         samples += segment.samples.shape[0]
         longest = max(longest, segment.duration_s)
+    peak_kb = _status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report = {
         "baseline_kb": baseline_kb,
-        "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "peak_kb": peak_kb,
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
         "segments": segments,
         "samples": samples,
         "flac_bytes": flac_bytes,
@@ -169,13 +212,14 @@ def memory(path: Path) -> None:
     whole_mb = report["samples"] * 4 / 1e6
     print(f"\n{path.name}: {duration / 3600:.2f} h end to end (decode -> plan -> FLAC in memory)")
     print(
-        f"  {report['seconds']:.1f} s ({duration / report['seconds']:.0f}x real time), "
+        f"  {report['seconds']:.1f} s wall, {report['cpu_seconds']:.1f} s CPU "
+        f"({duration / report['cpu_seconds']:.0f}x real time per core), "
         f"{report['segments']} segments, longest {report['longest_s']:.1f} s, "
         f"FLAC {report['flac_bytes'] / 1e6:.1f} MB"
     )
     print(
         f"  peak RSS {report['peak_kb'] / 1024:.0f} MiB "
-        f"(interpreter + imports alone: {report['baseline_kb'] / 1024:.0f} MiB); "
+        f"(interpreter + imports before any audio: {report['baseline_kb'] / 1024:.0f} MiB); "
         f"the whole file decoded at once would be {whole_mb:.0f} MB of float32"
     )
 

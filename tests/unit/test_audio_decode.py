@@ -186,6 +186,23 @@ def test_truncated_mp3_decodes_what_is_there(mp3_20s: Path, tmp_path: Path) -> N
     assert audio.shape[0] / SAMPLE_RATE == pytest.approx(10.0, abs=1.0)
 
 
+def test_sample_rate_and_channel_changes_mid_stream(tmp_path: Path) -> None:
+    """Concatenated MP3s (legal, and common from cutters) switch rate and layout midway;
+    PyAV's resampler alone refuses that. One bad packet at the seam is skipped."""
+    first = encode_file(tone_with_silences(2.0, [], 44100), tmp_path / "a.mp3", sample_rate=44100)
+    second = encode_file(
+        tone_with_silences(2.0, [], 22050, channels=2), tmp_path / "b.mp3", sample_rate=22050
+    )
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+
+    audio = decode_all(joined)
+
+    assert audio.shape[0] / SAMPLE_RATE == pytest.approx(4.0, abs=0.1)
+    assert rms(audio[:SAMPLE_RATE]) > 0.03
+    assert rms(audio[-SAMPLE_RATE:]) > 0.03
+
+
 # ------------------------------------------------------------------------ bad inputs
 
 
