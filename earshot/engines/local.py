@@ -21,6 +21,8 @@ class LocalEngine:
         self.runtime = runtime
         self.settings = settings
         self._model_id = model_id
+        # the last clip's embeddings: analysis asks about one segment in several calls
+        self._last_encoded: tuple[bytes, Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalEngine:
@@ -48,7 +50,7 @@ class LocalEngine:
         temperature: float = 0.0,
         think: bool = False,
     ) -> list[str]:
-        clips = [self.runtime.encode(audio)] if audio is not None else []
+        clips = [self._encode(audio)] if audio is not None else []
         limit = max_new_tokens or self.settings.max_new_tokens
         return [
             self.runtime.generate(
@@ -75,7 +77,21 @@ class LocalEngine:
                 f"the turns attach {wanted} audio clip(s) but {len(clips)} were given",
                 code="prompt_audio_mismatch",
             )
-        return chatml(turns, think=think), [self.runtime.encode(c) for c in clips]
+        return chatml(turns, think=think), [self._encode(c) for c in clips]
+
+    def _encode(self, audio: np.ndarray) -> Any:
+        """Encoder output, reused when the same samples come again (one entry, by content)."""
+        import hashlib
+
+        data = np.ascontiguousarray(audio, dtype=np.float32)
+        key = hashlib.blake2b(data.tobytes(), digest_size=16).digest() + str(data.shape).encode()
+        with self.runtime.lock:
+            if self._last_encoded is not None and self._last_encoded[0] == key:
+                return self._last_encoded[1]
+        embeds = self.runtime.encode(data)
+        with self.runtime.lock:
+            self._last_encoded = (key, embeds)
+        return embeds
 
     def chat(
         self,
