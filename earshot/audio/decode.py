@@ -268,7 +268,7 @@ class _MonoResampler:
         self.sample_rate = sample_rate
         self._resampler: av.AudioResampler | None = None
         self._key: tuple[str, str, int] | None = None
-        self._batch: list[np.ndarray] = []
+        self._batch: list[list[np.ndarray]] = []
         self._batch_n = 0
 
     def push(self, frame: av.AudioFrame) -> list[np.ndarray]:
@@ -295,7 +295,8 @@ class _MonoResampler:
     def _resample_batch(self) -> list[np.ndarray]:
         if not self._batch or self._resampler is None or self._key is None:
             return []
-        data = self._batch[0] if len(self._batch) == 1 else np.concatenate(self._batch, axis=1)
+        planes = [np.concatenate(plane) for plane in zip(*self._batch, strict=True)]
+        data = planes[0][None, :] if len(planes) == 1 else np.stack(planes)
         self._batch, self._batch_n = [], 0
         fmt, layout, rate = self._key
         frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
@@ -303,17 +304,18 @@ class _MonoResampler:
         return [_mono(f) for f in self._resampler.resample(frame)]
 
 
-def _frame_data(frame: av.AudioFrame) -> np.ndarray:
-    """Samples of a decoded frame as ``(planes, n)``, the layout ``from_ndarray`` takes.
+def _frame_data(frame: av.AudioFrame) -> list[np.ndarray]:
+    """The samples of each plane of a decoded frame, as 1-D views (no copy).
 
-    Cheaper than ``AudioFrame.to_ndarray`` (which goes through ``np.vstack``) and copied,
-    so the array does not depend on the lifetime of the codec's buffers.
+    Cheaper than ``AudioFrame.to_ndarray`` (one ``np.vstack`` per frame, a fifth of the
+    decoding time for MP3). The views keep their frame's buffers alive until the batch is
+    concatenated.
     """
     dtype = _DTYPES[frame.format.name.rstrip("p")]
     if frame.format.is_planar:
-        return np.stack([np.frombuffer(memoryview(p), dtype, frame.samples) for p in frame.planes])
+        return [np.frombuffer(memoryview(p), dtype, frame.samples) for p in frame.planes]
     count = frame.samples * frame.layout.nb_channels
-    return np.frombuffer(memoryview(frame.planes[0]), dtype, count).reshape(1, count).copy()
+    return [np.frombuffer(memoryview(frame.planes[0]), dtype, count)]
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:

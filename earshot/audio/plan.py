@@ -137,7 +137,7 @@ def segment_stream(
     if max_n < 1:
         raise ValueError("max_segment_s is shorter than one sample")
     if search_n < 0 or frame_s <= 0:
-        raise ValueError("search_s and frame_s must be positive")
+        raise ValueError("search_s must be >= 0 and frame_s > 0")
     if not 0 <= min_tail_n < max_n:
         raise ValueError("min_segment_s must be in [0, max_segment_s)")
 
