@@ -133,7 +133,7 @@ def test_sqs_events_become_exactly_one_job_each(
         receipts = s.scalars(select(IngestReceipt).where(IngestReceipt.job_id.in_([j.id for j in jobs]))).all()
     assert len(receipts) == 6 and all(r.enqueued_at is not None for r in receipts)
     for job in jobs:
-        assert job.status == "queued" and job.tasks == ["transcribe", "summarize", "speak"]
+        assert job.status == "queued" and job.tasks == ["transcribe", "speak"]
         assert job.output_prefix == f"s3://{s3_bucket}/earshot-output"
         assert job.options["output_stem"] == job.source_uri.removeprefix(f"s3://{s3_bucket}/")
     assert queue_depth(ingest_env.broker_url or "", "cpu") == 6  # process_job sent once per job
