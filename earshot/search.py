@@ -71,7 +71,8 @@ def search(
     kinds: Sequence[str] = KINDS,
 ) -> SearchPage:
     """Best matches first; ``has_more`` tells whether another page exists."""
-    query = query.strip()
+    # PostgreSQL text cannot hold NUL; it separates nothing a user meant to search for
+    query = query.replace("\x00", " ").strip()
     kinds = [k for k in KINDS if k in kinds]
     if not query or not kinds or limit <= 0:
         return SearchPage([], False)

@@ -80,6 +80,8 @@ def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]
 
 def get_key(session: Session, ref: str) -> ApiKey | None:
     """A key by id or by its display prefix; an ambiguous prefix is an error."""
+    if "\x00" in ref:  # PostgreSQL text cannot hold it, so no key has it
+        return None
     rows = list(session.scalars(select(ApiKey).where(or_(ApiKey.id == ref, ApiKey.prefix == ref))))
     if len(rows) > 1:
         raise InputError(f"{ref!r} matches {len(rows)} keys; use the key id", code="ambiguous_key")

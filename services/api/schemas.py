@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from earshot.prompts import TASKS
 
@@ -22,15 +22,8 @@ S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/[^\x00-\x1f\x7f]{1
 
 
 CALLBACK_URL = r"^https?://[^\s\x00-\x1f]+$"
-
-
-def check_questions(value: list[str]) -> list[str]:
-    for q in value:
-        if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in q):
-            raise ValueError("control characters are not allowed in questions")
-        if len(q) > 2000:
-            raise ValueError("a question is at most 2000 characters")
-    return value
+# any text but control characters (newlines and tabs are fine)
+QUESTION = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")]
 
 
 class ErrorOut(BaseModel):
@@ -117,21 +110,23 @@ class JobCreate(BaseModel):
     tasks: list[TaskName] | None = Field(
         default=None, min_length=1, description="Default: the server's EARSHOT_DEFAULT_TASKS"
     )
-    questions: list[str] = Field(default_factory=list, max_length=20, description="Free-form questions")
+    questions: list[QUESTION] = Field(default_factory=list, max_length=20, description="Free-form questions")
     callback_url: str | None = Field(
         default=None, max_length=2000, pattern=CALLBACK_URL, description="POSTed the job id when it finishes"
     )
-
-    _check_questions = field_validator("questions")(check_questions)
 
 
 class UploadForm(BaseModel):
     """Documentation of the multipart form of ``POST /v1/jobs`` (parsed by hand, streamed)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     file: bytes = Field(json_schema_extra={"format": "binary"}, description="The audio file")
-    tasks: list[TaskName] | None = Field(default=None, description="Repeat the field, or comma-separate")
-    questions: list[str] | None = None
-    callback_url: str | None = Field(default=None, max_length=2000, pattern=CALLBACK_URL)
+    tasks: list[TaskName] = Field(
+        default_factory=list, description="Repeat the field, or comma-separate; default: the server's default tasks"
+    )
+    questions: list[QUESTION] = Field(default_factory=list, max_length=20)
+    callback_url: str = Field(default="", max_length=2000, pattern=CALLBACK_URL)
 
 
 class UtteranceOut(BaseModel):

@@ -116,8 +116,7 @@ def test_events_filters(api_client: TestClient, api_tokens: Tokens, job: str) ->
     assert labels(label="100%_") == []  # LIKE wildcards are literal
     first = api_client.get(f"/v1/jobs/{job}/events", headers=h).json()["events"][0]
     assert first == {"start": 5.0, "end": 12.5, "duration": 7.5, "label": "Siren wailing", "raw": "[5.0-12.5] Siren wailing"}
-    bad = api_client.get(f"/v1/jobs/{job}/events", params={"start": 10, "end": 5}, headers=h)
-    assert bad.status_code == 422
+    assert labels(start=13.0, end=12.0) == []  # an empty window
     assert api_client.get(f"/v1/jobs/{job}/events", params={"start": "nan"}, headers=h).status_code == 422
 
 

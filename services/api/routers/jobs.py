@@ -6,13 +6,14 @@ import base64
 import binascii
 import json
 import logging
+import re
 import shutil
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,14 +28,13 @@ from services.api.deps import EnqueueDep, Enqueuer, ReadKey, SessionDep, Setting
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import (
     CALLBACK_URL,
-    S3_URI,
+    QUESTION,
     ErrorOut,
     JobCreate,
     JobOut,
     JobPage,
     JobStatus,
     TaskName,
-    check_questions,
 )
 from services.api.upload import receive_multipart, store_upload
 
@@ -42,6 +42,17 @@ log = logging.getLogger("earshot.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_JSON_BODY = 64 * 1024
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would also read a bare number as a Unix time; the contract says RFC 3339
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("expected an RFC 3339 date-time, e.g. 2026-11-26T09:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 IDEMPOTENCY_NAMESPACE = "api:"
 JOB_ID_PATH = "Job id (a UUID)"
 
@@ -110,12 +121,14 @@ def list_jobs(
         str | None,
         Query(max_length=1024, description="Key prefix within `bucket`; without `bucket`, a prefix of the source URI"),
     ] = None,
-    created_after: Annotated[datetime | None, Query(description="Inclusive")] = None,
-    created_before: Annotated[datetime | None, Query(description="Exclusive")] = None,
+    created_after: Annotated[IsoDateTime | None, Query(description="Inclusive (RFC 3339)")] = None,
+    created_before: Annotated[IsoDateTime | None, Query(description="Exclusive (RFC 3339)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")] = None,
 ) -> JobPage:
     source_prefix = f"s3://{bucket}/{prefix or ''}" if bucket else prefix
+    if source_prefix and "\x00" in source_prefix:  # no URI holds NUL (PostgreSQL text cannot)
+        return JobPage(jobs=[], next_cursor=None)
     before = decode_cursor(cursor) if cursor else None
     jobs = service.list_jobs(
         session,
@@ -144,10 +157,8 @@ def list_jobs(
 
 class _FormFields(BaseModel):
     tasks: list[TaskName] | None = None
-    questions: list[str] = Field(default_factory=list, max_length=20)
+    questions: list[QUESTION] = Field(default_factory=list, max_length=20)
     callback_url: str | None = Field(default=None, max_length=2000, pattern=CALLBACK_URL)
-
-    _check_questions = field_validator("questions")(check_questions)
 
 
 def _form_fields(fields: dict[str, list[str]]) -> _FormFields:
@@ -276,7 +287,7 @@ def _body_spec() -> dict[str, Any]:
     ),
     responses={
         200: {"model": JobOut, "description": "A job with this Idempotency-Key exists already"},
-        **responses(401, 403, 413, 415, 422, 502, 503),
+        **responses(400, 401, 403, 413, 415, 422, 502, 503),
     },
     openapi_extra=_body_spec(),
 )
@@ -295,16 +306,25 @@ async def create_job(
     ] = None,
 ) -> JobOut:
     idem = IDEMPOTENCY_NAMESPACE + idempotency_key if idempotency_key else None
-    if idem is not None:
-        found = await run_in_threadpool(_existing, session, idem)
-        if found is not None:
-            response.status_code = 200
-            response.headers["Location"] = f"/v1/jobs/{found.id}"
-            return await run_in_threadpool(job_out, found)
 
+    async def earlier() -> JobOut | None:
+        """The job a previous request with this Idempotency-Key created, if any."""
+        if idem is None:
+            return None
+        found = await run_in_threadpool(_existing, session, idem)
+        if found is None:
+            return None
+        response.status_code = 200
+        response.headers["Location"] = f"/v1/jobs/{found.id}"
+        return await run_in_threadpool(job_out, found)
+
+    # The body is validated before the idempotency lookup (a malformed repeat is still a 422),
+    # and an upload is stored only after it: a repeated upload stores nothing.
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
         payload = await _read_json(request)
+        if (previous := await earlier()) is not None:
+            return previous
         uri = payload.uri
         tasks: list[str] | None = list(payload.tasks) if payload.tasks else None
         questions, callback_url = payload.questions, payload.callback_url
@@ -316,6 +336,8 @@ async def create_job(
         )
         try:
             form = _form_fields(upload.fields)
+            if (previous := await earlier()) is not None:
+                return previous
             request.app.state.metrics.uploaded_bytes.inc(upload.size)
             uri = await store_upload(upload, settings.output_url)
         finally:
@@ -325,8 +347,6 @@ async def create_job(
     else:
         raise ApiProblem(415, "send application/json (an s3:// URI) or multipart/form-data (a file)",
                          code="unsupported_media_type")
-    if media == "application/json" and not S3_URI.match(uri):
-        raise ApiProblem(422, "uri must be s3://bucket/key", code="validation_error")
 
     out, created = await run_in_threadpool(
         _submit, session, settings, uri, tasks, questions, callback_url, idem

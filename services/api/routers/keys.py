@@ -23,7 +23,7 @@ def get_keys(session: SessionDep, _key: AdminKey) -> ApiKeyPage:
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=201, summary="Create a key; the token is shown once",
-             responses=responses(401, 403, 422))
+             responses=responses(400, 401, 403, 422))
 def post_key(session: SessionDep, _key: AdminKey, body: ApiKeyCreate, response: Response) -> ApiKeyCreated:
     key, token = create_key(session, name=body.name, scopes=body.scopes)
     session.commit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -55,11 +56,14 @@ def search_route(
     q: Annotated[str, Query(min_length=1, max_length=500, description="What to look for")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page")] = None,
-    job_id: Annotated[str | None, Query(max_length=36, description="Only this job")] = None,
+    job_id: Annotated[uuid.UUID | None, Query(description="Only this job")] = None,
     kind: Annotated[Literal["utterance", "summary"] | None, Query(description="Only this kind of hit")] = None,
 ) -> SearchOut:
     offset = _offset(cursor)
-    page = search(session, q, limit=limit, offset=offset, job_id=job_id, kinds=[kind] if kind else KINDS)
+    page = search(
+        session, q, limit=limit, offset=offset, job_id=str(job_id) if job_id else None,
+        kinds=[kind] if kind else KINDS,
+    )
     return SearchOut(
         query=q,
         hits=[
