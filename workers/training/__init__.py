@@ -1,0 +1,1 @@
+"""Fine-tuning deployable: a thin entry point over earshot.training (logic lives there)."""
