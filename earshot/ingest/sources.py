@@ -2,7 +2,8 @@
 
 URLs (``earshot ingest run --source URL``):
 
-- ``sqs://QUEUE_NAME[?region=us-east-1&endpoint_url=http://host:port&wait_s=20&batch=10]``.
+- ``sqs://QUEUE_NAME[?region=us-east-1&endpoint_url=http://host:port&wait_s=20&batch=10]``,
+  or the queue URL without its scheme: ``sqs://sqs.eu-west-1.amazonaws.com/123456789012/NAME``.
   The endpoint defaults to ``EARSHOT_INGEST_SQS_ENDPOINT_URL``, else AWS; credentials come from
   boto3's usual chain (IRSA, env, profile).
 - ``amqp://user:pass@host:5672/vhost?queue=NAME[&exchange=EX&exchange_type=direct&routing_key=RK&prefetch=10]``
@@ -70,12 +71,22 @@ def _backoff_s(receive_count: int) -> int:
 class SqsSource:
     def __init__(self, url: str, settings: Settings) -> None:
         parts, params = _query(url)
-        queue = (parts.netloc + parts.path).strip("/")
+        queue_url: str | None = None
+        region = params.get("region")
+        if "." in parts.netloc and parts.path.strip("/"):
+            # sqs://sqs.eu-west-1.amazonaws.com/123456789012/NAME: the queue URL itself
+            queue_url = f"https://{parts.netloc}{parts.path}"
+            host = parts.netloc.split(".")
+            if not region and len(host) > 2 and host[0] == "sqs":
+                region = host[1]
+            queue = parts.path.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            queue = (parts.netloc + parts.path).strip("/")
         if not queue:
             raise ValueError(f"{url!r}: no queue name (sqs://QUEUE_NAME)")
         self.name = f"sqs:{queue}"
         endpoint = params.get("endpoint_url") or settings.ingest_sqs_endpoint_url or None
-        region = params.get("region") or settings.s3_region
+        region = region or settings.s3_region
         self.wait_s = max(0, min(20, int(params.get("wait_s", "20"))))
         self.batch = max(1, min(10, int(params.get("batch", "10"))))
         self.visibility_s = int(params.get("visibility_s", str(settings.ingest_visibility_timeout_s)))
@@ -83,7 +94,7 @@ class SqsSource:
         self.client = boto3.session.Session().client(
             "sqs", endpoint_url=endpoint, region_name=region, config=config
         )
-        self.queue_url = self.client.get_queue_url(QueueName=queue)["QueueUrl"]
+        self.queue_url = queue_url or self.client.get_queue_url(QueueName=queue)["QueueUrl"]
 
     def receive(self, max_wait_s: float) -> list[Received]:
         response = self.client.receive_message(

@@ -173,17 +173,27 @@ def submit_object(
         )
         if created:
             s.add(IngestReceipt(job_id=job.id, source=source[:255], event_time=event_time))
-        job_id = job.id
-    enqueued = enqueue_once(job_id, enqueue=enqueue, source=source, event_time=event_time)
+        job_id, status = job.id, job.status
+    enqueued = enqueue_once(
+        job_id, enqueue=enqueue, source=source, event_time=event_time, status=status
+    )
     if created:
         log.info("job %s created for %s (version %s) from %s", job_id, uri, obj.version, source)
     return Submitted(job_id=job_id, uri=uri, created=created, enqueued=enqueued)
 
 
 def enqueue_once(
-    job_id: str, *, enqueue: Enqueue, source: str = "", event_time: datetime | None = None
+    job_id: str,
+    *,
+    enqueue: Enqueue,
+    source: str = "",
+    event_time: datetime | None = None,
+    status: str | None = None,
 ) -> bool:
-    """Publish ``process_job`` unless the receipt says it was; True if this call published."""
+    """Publish ``process_job`` unless the receipt says it was; True if this call published.
+
+    ``status`` is the job's status if the caller just read it (saves a query).
+    """
     with session_scope() as s:
         receipt = s.get(IngestReceipt, job_id, with_for_update=True)
         if receipt is None:
@@ -201,8 +211,10 @@ def enqueue_once(
             return False
         if receipt.enqueued_at is not None:
             return False
-        job = s.get(Job, job_id)
-        if job is not None and job.status == "queued":
+        if status is None:
+            job = s.get(Job, job_id)
+            status = job.status if job is not None else None
+        if status == "queued":
             enqueue(job_id)
             published = True
         else:
