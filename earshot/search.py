@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, or_, text
 from sqlalchemy.orm import Session
 
 from earshot.db import models as m
@@ -143,9 +143,8 @@ def _fallback_snippet(body: str, words: Sequence[str], width: int = 160) -> str:
     start = max(0, first - width // 3)
     piece = body[start : start + width]
     escaped = html.escape(piece, quote=False)
-    for w in sorted(set(words), key=len, reverse=True):
-        escaped = re.sub(f"({re.escape(html.escape(w, quote=False))})", r"\x02\1\x03", escaped, flags=re.IGNORECASE)
-    escaped = escaped.replace(_START, "<mark>").replace(_STOP, "</mark>")
+    pattern = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    escaped = re.sub(pattern, lambda m: f"<mark>{m.group(0)}</mark>", escaped, flags=re.IGNORECASE)
     return ("… " if start > 0 else "") + escaped + (" …" if start + width < len(body) else "")
 
 
@@ -165,7 +164,11 @@ def _search_fallback(
         stmt = session.query(model)
         for i, w in enumerate(words):
             pattern = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            stmt = stmt.filter(model.text.ilike(bindparam(f"w{i}", pattern), escape="\\"))
+            like = bindparam(f"w{i}", pattern)
+            if kind == "summary":
+                stmt = stmt.filter(or_(model.text.ilike(like, escape="\\"), model.title.ilike(like, escape="\\")))
+            else:
+                stmt = stmt.filter(model.text.ilike(like, escape="\\"))
         if job_id:
             stmt = stmt.filter(model.job_id == job_id)
         for row in stmt.limit(5000):
