@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, or_, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from earshot.db import models as m
@@ -135,6 +135,7 @@ def _search_postgres(
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+FALLBACK_CANDIDATES = 5000
 
 
 def _fallback_snippet(body: str, words: Sequence[str], width: int = 160) -> str:
@@ -148,47 +149,53 @@ def _fallback_snippet(body: str, words: Sequence[str], width: int = 160) -> str:
     return ("… " if start > 0 else "") + escaped + (" …" if start + width < len(body) else "")
 
 
+def _like(word: str) -> str:
+    return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _search_fallback(
     session: Session, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str]
 ) -> list[SearchHit]:
     words = [w.lower() for w in _WORD.findall(query)]
     if not words:
         return []
+    # (kind, id, job_id, start, end, text, level)
     candidates: list[tuple[HitKind, int, str, float, float, str, str | None]] = []
-    tables: list[tuple[HitKind, Any]] = []
     if "utterance" in kinds:
-        tables.append(("utterance", m.Utterance))
-    if "summary" in kinds:
-        tables.append(("summary", m.Summary))
-    for kind, model in tables:
-        stmt = session.query(model)
-        for i, w in enumerate(words):
-            pattern = "%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            like = bindparam(f"w{i}", pattern)
-            if kind == "summary":
-                stmt = stmt.filter(or_(model.text.ilike(like, escape="\\"), model.title.ilike(like, escape="\\")))
-            else:
-                stmt = stmt.filter(model.text.ilike(like, escape="\\"))
+        u = select(m.Utterance).where(*(m.Utterance.text.ilike(_like(w), escape="\\") for w in words))
         if job_id:
-            stmt = stmt.filter(model.job_id == job_id)
-        for row in stmt.limit(5000):
-            body = row.text
-            level = None
-            if kind == "summary":
-                level = row.level
-                if row.title:
-                    body = f"{row.title}: {row.text}"
-            candidates.append((kind, row.id, row.job_id, row.start_s, row.end_s, body, level))
-    scored = []
-    for kind, rid, jid, start, end, body, level in candidates:
+            u = u.where(m.Utterance.job_id == job_id)
+        candidates += [
+            ("utterance", r.id, r.job_id, r.start_s, r.end_s, r.text, None)
+            for r in session.scalars(u.limit(FALLBACK_CANDIDATES))
+        ]
+    if "summary" in kinds:
+        s = select(m.Summary).where(
+            *(
+                or_(m.Summary.text.ilike(_like(w), escape="\\"), m.Summary.title.ilike(_like(w), escape="\\"))
+                for w in words
+            )
+        )
+        if job_id:
+            s = s.where(m.Summary.job_id == job_id)
+        candidates += [
+            ("summary", r.id, r.job_id, r.start_s, r.end_s, f"{r.title}: {r.text}" if r.title else r.text, r.level)
+            for r in session.scalars(s.limit(FALLBACK_CANDIDATES))
+        ]
+
+    def score(body: str) -> float:
         lowered = body.lower()
-        score = sum(lowered.count(w) for w in words) / (1.0 + len(lowered) / 500.0)
-        scored.append((score, kind, rid, jid, start, end, body, level))
-    scored.sort(key=lambda t: (-t[0], t[1] == "utterance", t[2]))
+        return sum(lowered.count(w) for w in words) / (1.0 + len(lowered) / 500.0)
+
+    scored = sorted(
+        ((score(c[5]), c) for c in candidates),
+        key=lambda item: (-item[0], item[1][0] != "utterance", item[1][1]),  # as on PostgreSQL
+    )
     page = scored[offset : offset + limit]
-    sources = dict(
-        session.query(m.Job.id, m.Job.source_uri).filter(m.Job.id.in_({t[3] for t in page})).all()
-    ) if page else {}
+    sources: dict[str, str] = {}
+    if page:
+        rows = session.execute(select(m.Job.id, m.Job.source_uri).where(m.Job.id.in_({c[2] for _, c in page})))
+        sources = {r[0]: r[1] for r in rows}
     return [
         SearchHit(
             kind=kind,
@@ -199,8 +206,8 @@ def _search_fallback(
             end=end,
             text=body,
             snippet=_fallback_snippet(body, words),
-            score=round(score, 6),
+            score=round(value, 6),
             level=level,
         )
-        for score, kind, rid, jid, start, end, body, level in page
+        for value, (kind, rid, jid, start, end, body, level) in page
     ]

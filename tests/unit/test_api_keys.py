@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from earshot.auth import SCOPES, authenticate, create_key, get_key, hash_token, list_keys, revoke_key, scope_allows
+from earshot.auth import (
+    SCOPES,
+    authenticate,
+    create_key,
+    get_key,
+    hash_token,
+    list_keys,
+    revoke_key,
+    scope_allows,
+)
 from earshot.auth.service import normalize_scopes
 from earshot.db import migrate
 from earshot.db.session import dispose_all, session_factory
