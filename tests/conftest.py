@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.earshot", "tests.fixtures.api", "tests.fixtures.ingest"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.earshot", "tests.fixtures.api", "tests.fixtures.ingest", "tests.fixtures.triton"]

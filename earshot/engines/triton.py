@@ -36,9 +36,16 @@ from earshot.triton.protocol import check_conversation
 log = logging.getLogger("earshot.engines.triton")
 T = TypeVar("T")
 
-# Errors that mean "not now" rather than "never": the server or a model stub is restarting.
+# Errors that mean "not now" rather than "never": the server is stopping or starting (models
+# unloaded while the endpoint is still up), or a model's stub is being restarted.
 _TRANSIENT_STATUS = ("UNAVAILABLE",)
-_TRANSIENT_TEXT = ("stub process is not healthy", "is not ready", "server is stopping", "socket closed")
+_TRANSIENT_TEXT = (
+    "has no available versions",
+    "is not ready",
+    "stub process is not healthy",
+    "server is stopping",
+    "socket closed",
+)
 
 
 class TritonEngine:

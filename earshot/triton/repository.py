@@ -67,8 +67,8 @@ def prepare_repository(
     ``model_path`` sets the weights location of every model that has one; ``parameters``
     sets any other string parameter where a model declares it.
     """
-    if not (source / "af3" / "config.pbtxt").exists():
-        raise ConfigError(f"{source} is not an Earshot model repository", code="model_repository_not_found")
+    if not model_names(source):
+        raise ConfigError(f"{source} holds no model (no */config.pbtxt)", code="model_repository_not_found")
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

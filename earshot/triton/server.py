@@ -197,9 +197,14 @@ class TritonServer:
     def start(self, *, wait: bool = True, timeout: float = READY_TIMEOUT_S, foreground: bool = False) -> None:
         install = self.install or TritonInstall.find()
         install.prepare_backends()
+        # On a restart, the server stopped a moment ago may still be closing its listeners.
+        grace = 15.0 if self.process is not None else 0.0
         for port in (self.http_port, self.grpc_port, self.metrics_port):
-            if port_in_use(port):
-                raise EngineError(f"port {port} is already in use", code="triton_port_in_use")
+            deadline = time.monotonic() + grace
+            while port_in_use(port):
+                if time.monotonic() > deadline:
+                    raise EngineError(f"port {port} is already in use", code="triton_port_in_use")
+                time.sleep(0.25)
         self.clean_shm()
         out: IO[bytes] | int | None = None
         if self.log_path is not None and not foreground:
@@ -265,6 +270,16 @@ class TritonServer:
             self._log = None
         self.clean_shm()
         return proc.returncode
+
+    def kill(self) -> int | None:
+        """A crash, as when a node dies: SIGKILL to the server and its stubs, no unloading."""
+        proc = self.process
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return self.stop()
 
     def _log_tail(self, n: int = 3000) -> str:
         if self.log_path is None or not self.log_path.exists():

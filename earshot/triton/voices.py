@@ -9,12 +9,18 @@ weights (local directory or s3:// prefix).
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 
+from earshot.errors import EngineError
 from earshot.speech import MAX_TTS_CHARS, espeak
 from earshot.triton import protocol as p
 from earshot.triton.backend import ModelArgs
@@ -32,16 +38,51 @@ class Voice(Protocol):
 
 
 class EspeakVoice:
+    """``earshot.speech.espeak``, made safe for the python backend stub.
+
+    The stub's embedded interpreter starts in the C locale, so its filesystem encoding is
+    ASCII and a non-ASCII summary cannot be passed as a str argument to espeak-ng. The same
+    command with bytes arguments gives the same audio as the local engine.
+    """
+
     def __init__(self, voice: str = "en-us", binary: str = "espeak-ng") -> None:
         self.voice = voice
         self.binary = binary
 
     def speak(self, text: str) -> Spoken:
-        speech = espeak(text, voice=self.voice, binary=self.binary)
-        samples, rate = sf.read(io.BytesIO(speech.wav), dtype="float32", always_2d=False)
+        if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+            wav, voice = self._wav_via_earshot(text)
+        else:
+            wav, voice = self._wav_bytes_argv(text)
+        samples, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=False)
         if samples.ndim > 1:
             samples = samples.mean(axis=1)
-        return Spoken(samples=np.ascontiguousarray(samples, dtype=np.float32), sample_rate=int(rate), voice=speech.voice)
+        return Spoken(samples=np.ascontiguousarray(samples, dtype=np.float32), sample_rate=int(rate), voice=voice)
+
+    def _wav_via_earshot(self, text: str) -> tuple[bytes, str]:
+        speech = espeak(text, voice=self.voice, binary=self.binary)
+        return speech.wav, speech.voice
+
+    def _wav_bytes_argv(self, text: str) -> tuple[bytes, str]:
+        exe = shutil.which(self.binary)
+        if exe is None:
+            # Same message and code as the local engine's
+            return self._wav_via_earshot(text)
+        # The same text normalisation as earshot.speech.espeak, so both engines speak alike.
+        text = " ".join(text.split())[:MAX_TTS_CHARS] or "No summary is available."
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "speech.wav"
+            proc = subprocess.run(
+                [exe.encode(), b"-v", self.voice.encode(), b"-w", bytes(out), b"--", text.encode("utf-8")],
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+            if proc.returncode != 0 or not out.exists():
+                raise EngineError(
+                    f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()}", code="tts_failed"
+                )
+            return out.read_bytes(), f"espeak-ng:{self.voice}"
 
 
 class TransformersVoice:

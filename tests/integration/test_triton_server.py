@@ -1,0 +1,217 @@
+"""The model repository on a real tritonserver (CPU variant, tiny checkpoint).
+
+Ensembles over gRPC and HTTP, the voice path, streaming, bad audio, and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from typer.testing import CliRunner
+
+from earshot.audio.synth import tone_with_silences
+from earshot.config import Settings
+from earshot.engines.triton import TritonEngine
+from earshot.errors import InputError
+from earshot.triton import protocol as p
+from earshot.triton.repository import default_repository, get_parameter, prepare_repository
+from earshot.triton.server import TritonServer, free_port
+
+PROMPTS = ["Transcribe the input speech.", "Describe the audio in one sentence."]
+
+
+def _inputs(module: object, **arrays: np.ndarray) -> list[object]:
+    out = []
+    for name, arr in arrays.items():
+        tensor = module.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))  # type: ignore[attr-defined]
+        tensor.set_data_from_numpy(arr)
+        out.append(tensor)
+    return out
+
+
+def _request(seconds: float = 4.0, max_new_tokens: int = 8) -> dict[str, np.ndarray]:
+    return {
+        p.AUDIO: tone_with_silences(seconds, [(1.0, 1.5)]).reshape(1, -1),
+        p.PROMPTS: np.array([[s.encode() for s in PROMPTS]], dtype=np.object_),
+        p.MAX_NEW_TOKENS: np.array([[max_new_tokens]], dtype=np.int32),
+    }
+
+
+def test_cpu_variant_rewrites_kind_and_weights(tmp_path: Path) -> None:
+    repo = prepare_repository(default_repository(), tmp_path / "repo", cpu=True, model_path="s3://bucket/af3/")
+    llm = (repo / "af3_llm" / "config.pbtxt").read_text()
+    assert "KIND_GPU" not in llm and "KIND_CPU" in llm
+    assert get_parameter(llm, p.PARAM_MODEL_PATH) == "s3://bucket/af3/"
+    shipped = (default_repository() / "af3_llm" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in shipped and get_parameter(shipped, p.PARAM_MODEL_PATH) == "${EARSHOT_MODEL_PATH}"
+
+
+def test_ensemble_over_grpc_and_http_agree(triton_server: TritonServer) -> None:
+    req = _request()
+    g = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    h = httpclient.InferenceServerClient(triton_server.http_url)
+    by_grpc = g.infer(p.ENSEMBLE, _inputs(grpcclient, **req))
+    by_http = h.infer(p.ENSEMBLE, _inputs(httpclient, **req))
+    texts = by_grpc.as_numpy(p.TEXT)
+    assert texts.shape == (1, len(PROMPTS))
+    assert all(isinstance(t, bytes) and t for t in texts.reshape(-1))
+    assert by_http.as_numpy(p.TEXT).tolist() == texts.tolist()
+    assert by_grpc.as_numpy(p.THINK_ADAPTER).tolist() == [[True]]  # the tiny checkpoint has one
+
+
+def test_text_only_llm_and_stage_by_stage_equals_ensemble(triton_server: TritonServer) -> None:
+    """af3_llm alone (the reduce step's text-only call) and af_whisper -> af3_llm by hand."""
+    g = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    req = _request()
+    text_only = g.infer(p.LLM, _inputs(grpcclient, prompts=req[p.PROMPTS], max_new_tokens=req[p.MAX_NEW_TOKENS]))
+    assert text_only.as_numpy(p.TEXT).shape == (1, len(PROMPTS))
+
+    embeds = g.infer(p.ENCODER, _inputs(grpcclient, audio=req[p.AUDIO])).as_numpy(p.AUDIO_EMBEDS)
+    assert embeds.shape[0] == 1 and embeds.shape[1] == 100  # 25 audio tokens per second
+    staged = g.infer(
+        p.LLM,
+        _inputs(grpcclient, prompts=req[p.PROMPTS], audio_embeds=embeds, max_new_tokens=req[p.MAX_NEW_TOKENS]),
+    )
+    fused = g.infer(p.ENSEMBLE, _inputs(grpcclient, **req))
+    assert staged.as_numpy(p.TEXT).tolist() == fused.as_numpy(p.TEXT).tolist()
+
+
+def test_voice_ensemble_returns_audio(triton_server: TritonServer) -> None:
+    g = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    result = g.infer(p.VOICE_ENSEMBLE, _inputs(grpcclient, **_request()))
+    wave = result.as_numpy(p.WAVEFORM)
+    n = int(result.as_numpy(p.SAMPLES)[0, 0])
+    rate = int(result.as_numpy(p.SAMPLE_RATE)[0, 0])
+    assert wave.dtype == np.float32 and wave.shape[0] == 1 and n == wave.shape[1]
+    assert rate == 22050 and n > rate * 0.2  # eSpeak NG speaks at 22.05 kHz
+    assert 0 < float(np.abs(wave).max()) <= 1.0
+    assert result.as_numpy(p.VOICE)[0, 0].decode().startswith("espeak-ng:")
+    assert result.as_numpy(p.TEXT).shape == (1, len(PROMPTS))
+
+
+def test_streaming_is_incremental_and_ends_with_final_flag(triton_server: TritonServer) -> None:
+    audio = tone_with_silences(3.0)
+    responses: list[tuple[float, str, bool]] = []
+    errors: list[object] = []
+
+    def on_response(result: object, error: object) -> None:
+        if error is not None:
+            errors.append(error)
+            return
+        responses.append(
+            (
+                time.monotonic(),
+                result.as_numpy(p.TEXT)[0].decode(),  # type: ignore[attr-defined]
+                bool(result.as_numpy(p.FINAL)[0]),  # type: ignore[attr-defined]
+            )
+        )
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    client.start_stream(callback=on_response)
+    client.async_stream_infer(
+        p.LLM_STREAM,
+        _inputs(
+            grpcclient,
+            prompt=np.array([PROMPTS[0].encode()], dtype=np.object_),
+            audio=audio,
+            max_new_tokens=np.array([12], dtype=np.int32),
+        ),
+    )
+    deadline = time.monotonic() + 60
+    while not (responses and responses[-1][2]) and not errors and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.stop_stream()
+    assert not errors, errors
+    pieces = [r for r in responses if not r[2]]
+    assert len(pieces) >= 2, responses  # several responses, not one blob at the end
+    assert [r[2] for r in responses] == [False] * (len(responses) - 1) + [True]
+    assert responses[0][0] < responses[-1][0]
+    assert all(r[1] for r in pieces)
+
+    engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=12))
+    streamed = "".join(r[1] for r in responses)
+    assert streamed == engine.generate([PROMPTS[0]], audio=audio)[0]
+    assert "".join(engine.stream(PROMPTS[0], audio=audio)) == streamed
+
+
+@pytest.mark.parametrize(
+    ("samples", "code"), [(0, "empty_audio"), (16000 * 600 + 1600, "audio_too_long")]
+)
+def test_bad_audio_is_a_clear_error_and_the_server_stays_healthy(
+    triton_server: TritonServer, samples: int, code: str
+) -> None:
+    g = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    bad = np.zeros((1, samples), dtype=np.float32)
+    with pytest.raises(InferenceServerException) as info:
+        g.infer(p.ENCODER, _inputs(grpcclient, audio=bad))
+    assert "INVALID_ARGUMENT" in str(info.value.status())
+    assert f"[earshot:input:{code}]" in info.value.message()
+    assert ("empty" if samples == 0 else "at most 600 s") in info.value.message()
+
+    engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=4))
+    with pytest.raises(InputError) as err:
+        engine.generate(["Describe."], audio=bad[0])
+    assert err.value.code == code
+
+    assert g.is_server_ready() and g.is_model_ready(p.ENCODER)
+    assert len(engine.generate(["Describe."], audio=tone_with_silences(2.0))) == 1
+
+
+def test_cli_health_and_models(triton_server: TritonServer) -> None:
+    from services.cli.main import app
+
+    runner = CliRunner()
+    health = runner.invoke(app, ["triton", "health", "--url", triton_server.grpc_url, "--json"])
+    assert health.exit_code == 0, health.output
+    report = json.loads(health.stdout)
+    assert report["ready"] and set(report["models"]) == set(p.ALL_MODELS) and all(report["models"].values())
+
+    models = runner.invoke(app, ["triton", "models", "--url", triton_server.grpc_url, "--json"])
+    assert models.exit_code == 0, models.output
+    assert {(m["name"], m["state"]) for m in json.loads(models.stdout)} == {(n, "READY") for n in p.ALL_MODELS}
+
+    down = runner.invoke(app, ["triton", "health", "--url", f"127.0.0.1:{free_port()}", "--json"])
+    assert down.exit_code == 1 and json.loads(down.stdout)["ready"] is False
+
+
+def test_cli_serve_runs_in_the_foreground_until_stopped(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`earshot triton serve --cpu` on a one-model repository (tts: no torch, quick to load)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "tts").symlink_to(default_repository() / "tts", target_is_directory=True)
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "services.cli.main", "triton", "serve", "--cpu",
+        "--model-path", str(tiny_model_dir), "--model-repository", str(repo),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if client.is_model_ready(p.TTS):
+                    break
+            except InferenceServerException:
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        spoken = client.infer(p.TTS, _inputs(grpcclient, text=np.array([["Hello."]], dtype=np.object_)))
+        assert int(spoken.as_numpy(p.SAMPLES)[0, 0]) > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    assert "ready" in out
