@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from earshot.audio.synth import encode_file, speech_like_chunks
 from earshot.config import Settings
 from earshot.engines import reset_engines
-from earshot.triton.server import TritonServer
 
 # Mostly silence: the planner must still cut 25 minutes into <= 600 s segments at pauses.
 SILENCES = [(40.0, 570.0), (590.0, 595.0), (640.0, 1170.0), (1190.0, 1195.0), (1240.0, 1480.0)]
