@@ -20,18 +20,35 @@ __all__ = ["read_audio", "write_flac", "write_wav"]
 PathOrFile = str | Path | BinaryIO
 
 
-def _pcm16_ready(samples: np.ndarray) -> np.ndarray:
+# Written in blocks so that clipping a 600 s segment needs 256 KiB, not a second copy of it.
+_BLOCK = 1 << 16
+
+
+def _mono_float32(samples: np.ndarray) -> np.ndarray:
     array = np.asarray(samples, dtype=np.float32)
     if array.ndim != 1:
         raise ValueError(f"expected mono samples of shape (n,), got {array.shape}")
-    return np.clip(array, -1.0, 1.0)
+    return array
+
+
+def _write(
+    samples: np.ndarray, path_or_file: PathOrFile, sample_rate: int, fmt: str, subtype: str
+) -> None:
+    array = _mono_float32(samples)
+    clip = subtype.startswith("PCM")
+    with sf.SoundFile(
+        path_or_file, "w", samplerate=sample_rate, channels=1, format=fmt, subtype=subtype
+    ) as out:
+        for start in range(0, array.shape[0], _BLOCK):
+            block = array[start : start + _BLOCK]
+            out.write(np.clip(block, -1.0, 1.0) if clip else block)
 
 
 def write_flac(
     samples: np.ndarray, path_or_file: PathOrFile, sample_rate: int = SAMPLE_RATE
 ) -> None:
     """Write mono float samples as 16-bit FLAC to a path or a binary file object."""
-    sf.write(path_or_file, _pcm16_ready(samples), sample_rate, format="FLAC", subtype="PCM_16")
+    _write(samples, path_or_file, sample_rate, "FLAC", "PCM_16")
 
 
 def write_wav(
@@ -42,8 +59,7 @@ def write_wav(
     subtype: str = "PCM_16",
 ) -> None:
     """Write mono float samples as WAV (16-bit PCM by default, ``"FLOAT"`` for float32)."""
-    data = _pcm16_ready(samples) if subtype.startswith("PCM") else np.asarray(samples, np.float32)
-    sf.write(path_or_file, data, sample_rate, format="WAV", subtype=subtype)
+    _write(samples, path_or_file, sample_rate, "WAV", subtype)
 
 
 def read_audio(path_or_file: PathOrFile) -> tuple[np.ndarray, int]:

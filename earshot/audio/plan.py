@@ -128,7 +128,8 @@ def segment_stream(
     tail afterwards (which would overflow the limit), the cut is placed so that the tail
     cannot be short. Only a file shorter than ``min_segment_s`` gives a shorter segment.
 
-    The buffer holds at most ``max_segment_s + min_segment_s`` plus one input chunk.
+    The buffer holds at most ``max_segment_s + min_segment_s`` of audio, whatever the
+    size of the input chunks (a whole file in one array works too).
     """
     max_n = round(max_segment_s * sample_rate)
     frame_n = max(1, round(frame_s * sample_rate))
@@ -141,26 +142,30 @@ def segment_stream(
     if not 0 <= min_tail_n < max_n:
         raise ValueError("min_segment_s must be in [0, max_segment_s)")
 
-    buffered: list[np.ndarray] = []
-    buffered_n = 0
+    # One preallocated buffer, filled in place: no list of chunks plus a concatenated copy.
+    # np.empty only reserves address space; pages become resident as they are written.
+    capacity = max_n + min_tail_n
+    buffer = np.empty(capacity, dtype=np.float32)
+    filled = 0
     start = 0
     index = 0
 
     def take(upper: int) -> Segment:
-        nonlocal buffered, buffered_n, start, index
-        data = buffered[0] if len(buffered) == 1 else np.concatenate(buffered)
-        cut = _cut_position(data, upper, search_n, frame_n, frame_s)
+        nonlocal buffer, filled, start, index
+        cut = _cut_position(buffer[:filled], upper, search_n, frame_n, frame_s)
         segment = Segment(
             index=index,
             start_s=start / sample_rate,
             end_s=(start + cut) / sample_rate,
-            samples=data[:cut],
+            samples=buffer[:cut],
             start_sample=start,
             sample_rate=sample_rate,
         )
-        # A copy lets the big concatenated buffer be freed with the emitted segment.
-        rest = data[cut:] if len(buffered) == 1 else data[cut:].copy()
-        buffered, buffered_n = [rest], int(rest.shape[0])
+        # The emitted segment keeps the old buffer; the remainder moves to a fresh one.
+        rest = filled - cut
+        fresh = np.empty(capacity, dtype=np.float32)
+        fresh[:rest] = buffer[cut:filled]
+        buffer, filled = fresh, rest
         start += cut
         index += 1
         return segment
@@ -169,24 +174,25 @@ def segment_stream(
         array = np.asarray(chunk, dtype=np.float32)
         if array.ndim != 1:
             raise ValueError(f"chunks must be 1-D mono arrays, got shape {array.shape}")
-        if array.shape[0] == 0:
-            continue
-        buffered.append(array)
-        buffered_n += int(array.shape[0])
-        # Waiting for min_tail_n past the limit means the remainder after a cut at or
-        # before max_n is never shorter than min_segment_s, whatever comes next.
-        while buffered_n >= max_n + min_tail_n:
-            yield take(max_n)
+        pos = 0
+        while pos < array.shape[0]:
+            n = min(capacity - filled, array.shape[0] - pos)
+            buffer[filled : filled + n] = array[pos : pos + n]
+            filled += n
+            pos += n
+            # Waiting for min_tail_n past the limit means the remainder after a cut at or
+            # before max_n is never shorter than min_segment_s, whatever comes next.
+            if filled == capacity:
+                yield take(max_n)
 
-    while buffered_n > max_n:
-        yield take(min(max_n, buffered_n - min_tail_n))
-    if buffered_n > 0:
-        data = buffered[0] if len(buffered) == 1 else np.concatenate(buffered)
+    while filled > max_n:
+        yield take(min(max_n, filled - min_tail_n))
+    if filled > 0:
         yield Segment(
             index=index,
             start_s=start / sample_rate,
-            end_s=(start + buffered_n) / sample_rate,
-            samples=data,
+            end_s=(start + filled) / sample_rate,
+            samples=buffer[:filled],
             start_sample=start,
             sample_rate=sample_rate,
         )
