@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from earshot.auth import ApiKey, authenticate, scope_allows
 from earshot.config import Settings
@@ -87,13 +87,16 @@ SubmitKey = Annotated[ApiKey, Depends(require_scope("submit"))]
 AdminKey = Annotated[ApiKey, Depends(require_scope("admin"))]
 
 
-def load_job(session: Session, job_id: str) -> Job:
-    """The job or a 404 problem; ids that are not UUIDs cannot exist and skip the database."""
+def load_job(session: Session, job_id: str, *, with_audio: bool = False) -> Job:
+    """The job or a 404 problem; ids that are not UUIDs cannot exist and skip the database.
+
+    ``with_audio`` loads the audio file row in the same query (for the job payload).
+    """
     try:
         canonical = str(uuid.UUID(job_id))
     except ValueError:
         raise ApiProblem(404, f"no job {job_id[:64]!r}", code="not_found") from None
-    job = session.get(Job, canonical)
+    job = session.get(Job, canonical, options=[joinedload(Job.audio_file)] if with_audio else None)
     if job is None:
         raise ApiProblem(404, f"no job {job_id}", code="not_found")
     return job

@@ -364,7 +364,7 @@ async def create_job(
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status, progress, timings and error",
             responses=responses(401, 403, 404, 422))
 def get_job(session: SessionDep, _key: ReadKey, job_id: str) -> JobOut:
-    return job_out(load_job(session, job_id))
+    return job_out(load_job(session, job_id, with_audio=True))
 
 
 @router.post(
