@@ -127,12 +127,15 @@ async def _run_scenario(
             nonlocal errors
             while time.perf_counter() < until:
                 started = time.perf_counter()
-                r = await client.get(path())
-                await r.aread()
+                try:
+                    r = await client.get(path())
+                    await r.aread()
+                    ok = r.status_code == 200
+                except httpx.TransportError:  # counted, not fatal: a closed keep-alive, a reset
+                    ok = False
                 if record:
                     latencies.append(time.perf_counter() - started)
-                    if r.status_code != 200:
-                        errors += 1
+                    errors += not ok
 
         warm_until = time.perf_counter() + warmup
         await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
