@@ -67,3 +67,16 @@ def test_openapi_documents_problems_and_security() -> None:
     assert set(post) == {"application/json", "multipart/form-data"}
     assert "examples" in schema["components"]["schemas"]["JobOut"]
     assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+def test_unknown_routes_and_methods_are_problems() -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(Settings())) as client:
+        missing = client.get("/v2/nothing")
+        assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+        assert missing.json() == {"type": "urn:earshot:problem:not_found", "title": "Not Found", "status": 404,
+                                  "detail": "Not Found", "instance": "/v2/nothing", "code": "not_found"}
+        wrong = client.delete("/healthz")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+        assert wrong.json()["code"] == "method_not_allowed"
