@@ -165,7 +165,7 @@ def encode_file(
             astream.bit_rate = bitrate
         if spec.options:
             astream.codec_context.options = dict(spec.options)
-        video = _add_video(container) if spec.video else None
+        video = _TinyVideo(container) if spec.video else None
         # Without this an empty input would leave no file at all: the header is written
         # lazily on the first packet.
         container.start_encoding()
@@ -226,7 +226,3 @@ class _TinyVideo:
 
     def finish(self) -> None:
         self.container.mux(self.stream.encode(None))
-
-
-def _add_video(container: av.container.OutputContainer) -> _TinyVideo:
-    return _TinyVideo(container)
