@@ -256,15 +256,23 @@ class AmqpSource:
         return items
 
     def ack(self, items: Sequence[Received]) -> None:
-        for item in items:
-            item.handle.ack()
-            self._forget(item)
+        try:
+            for item in items:
+                item.handle.ack()
+                self._forget(item)
+        except Exception:
+            self._connect()  # a broken channel: the broker requeues what was not acked
+            raise
 
     def release(self, items: Sequence[Received]) -> None:
         if items:
             time.sleep(min(5.0, 0.5 * max(i.delivery.receive_count for i in items)))
-        for item in items:
-            item.handle.reject(requeue=True)
+        try:
+            for item in items:
+                item.handle.reject(requeue=True)
+        except Exception:
+            self._connect()
+            raise
 
     def _forget(self, item: Received) -> None:
         self._seen.pop(hashlib.sha256(item.delivery.body).hexdigest(), None)

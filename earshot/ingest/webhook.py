@@ -295,7 +295,7 @@ class WebhookServer:
             log.warning("SNS unsubscribed this endpoint from %s", sns_doc.get("TopicArn"))
             return 200, {"status": "unsubscribed"}
 
-        message_id = lower.get("x-amz-sns-message-id") or lower.get("x-minio-deployment-id")
+        message_id = lower.get("x-amz-sns-message-id")
         outcome = self.bridge.handle(Delivery(body=body, source="webhook", message_id=message_id))
         if outcome.action == "retry":
             return 503, outcome.as_dict()

@@ -120,10 +120,13 @@ def _one_batch(
     again: list[Received] = []
     for item, outcome in zip(items, outcomes, strict=True):
         (done if outcome.action == "ack" else again).append(item)
-    if done:
-        source.ack(done)
-    if again:
-        source.release(again)
+    try:
+        if done:
+            source.ack(done)
+        if again:
+            source.release(again)
+    except Exception as exc:  # not acked: the messages come back, and handling them is idempotent
+        log.warning("cannot ack/release %d message(s) on %s: %s", len(done) + len(again), source.name, exc)
     if on_batch is not None:
         on_batch(outcomes)
 
