@@ -108,7 +108,9 @@ def test_sqs_events_become_exactly_one_job_each(
     originals: list[dict[str, Any]] = []
     while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60).get("Messages", []):
         originals += batch
-    assert len(originals) >= 9  # test event + 9 uploads (+ maybe a second multipart event)
+    # test event + 9 uploads + moto's second event for the multipart upload (Put, then Complete...)
+    assert len(originals) == 11
+    assert sum('"big.wav"' in msg["Body"] for msg in originals) == 2
     for msg in originals:
         for _ in range(2):
             sqs.send_message(QueueUrl=url, MessageBody=msg["Body"])
