@@ -37,7 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from earshot.training.parts import count_parameters, prepare_model
+from earshot.training.parts import (
+    count_parameters,
+    enable_gradient_checkpointing,
+    prepare_model,
+)
 from earshot.training.step import Batch, build_optimizer, collate, train_step
 
 TOKENS_PER_WINDOW = 750
@@ -173,9 +177,9 @@ def run_stage(model: Any, plan: StagePlan, args: argparse.Namespace) -> StageRep
         if p.dtype != base_dtype:
             p.data = p.data.to(base_dtype)
     if plan.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     else:
-        model.gradient_checkpointing_disable()
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     model = prepare_model(
         model,
         trainable=plan.trainable,

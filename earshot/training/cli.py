@@ -43,20 +43,27 @@ def _fail(exc: EarshotError) -> typer.Exit:
 
 def _summary(results: list[Any]) -> Table:
     table = Table(title="curriculum")
-    for col in ("stage", "status", "steps", "first loss", "last loss", "tokens/s", "skipped", "model"):
+    for col in ("stage", "status", "steps", "first loss", "last loss", "tokens/s", "skipped"):
         table.add_column(col, overflow="fold")
     for r in results:
         table.add_row(
             r.stage,
-            r.status,
+            r.status.replace("_", " "),
             f"{r.steps}/{r.total_steps}" if r.total_steps else "-",
             f"{r.first_loss:.4f}" if r.first_loss is not None else "-",
             f"{r.last_loss:.4f}" if r.last_loss is not None else "-",
             f"{r.tokens_per_s:.0f}" if r.tokens_per_s else "-",
-            _skipped_text(r.skipped),
-            r.model_uri or "-",
+            str(int(r.skipped.get("total", 0) or 0)),
         )
     return table
+
+
+def _print_results(results: list[Any]) -> None:
+    console.print(_summary(results))
+    for r in results:
+        if r.skipped.get("total"):
+            console.print(f"{r.stage}: skipped {_skipped_text(r.skipped)}", highlight=False)
+        console.print(f"{r.stage}: model {r.model_uri or '-'}", highlight=False)
 
 
 def _skipped_text(skipped: dict[str, Any]) -> str:
@@ -123,7 +130,7 @@ def run(
     finally:
         destroy()
     if info.is_main:
-        console.print(_summary(results))
+        _print_results(results)
 
 
 @app.command()

@@ -177,7 +177,7 @@ def demo_curriculum(
             {
                 "name": "stage1",
                 "description": "projector alignment",
-                "learning_rate": 1e-2,
+                "learning_rate": 5e-2,
                 "datasets": [
                     {"uri": str(data.captions), "weight": 1.0},
                     {"uri": str(data.broken), "weight": 0.5},
@@ -186,7 +186,7 @@ def demo_curriculum(
             {
                 "name": "stage2",
                 "description": "encoder + projector",
-                "learning_rate": 3e-3,
+                "learning_rate": 1e-2,
                 "datasets": [{"uri": str(data.captions)}],
             },
             {
@@ -198,7 +198,7 @@ def demo_curriculum(
             {
                 "name": "stage3_5",
                 "description": "think LoRA",
-                "learning_rate": 1e-2,
+                "learning_rate": 2e-2,
                 "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
                 "datasets": [{"uri": str(data.think)}],
             },
@@ -251,6 +251,10 @@ def run_demo(root: Path, *, steps: int = 12, echo: Any = print) -> dict[str, Any
                 else ""
             )
         )
+    lines.append(
+        "(stages 1, 2 and 3.5 only adapt the audio path or a small adapter around a random, frozen "
+        "LLM, so their loss can only fall a little; stages 3 and 4 train the LLM itself)"
+    )
     export = results[-1].model_uri
     if export:
         from earshot import storage

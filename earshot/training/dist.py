@@ -84,7 +84,9 @@ def resolve_strategy(requested: str, info: DistInfo, trainable: list[str]) -> st
     return "fsdp" if "llm" in trainable else "ddp"
 
 
-def wrap_model(model: Any, *, strategy: str, info: DistInfo, precision: str) -> Any:
+def wrap_model(
+    model: Any, *, strategy: str, info: DistInfo, precision: str, find_unused: bool = False
+) -> Any:
     model.to(info.device)
     if strategy == "single":
         return model
@@ -92,7 +94,9 @@ def wrap_model(model: Any, *, strategy: str, info: DistInfo, precision: str) -> 
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.local_rank] if info.device.startswith("cuda") else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # A text-only batch leaves the audio path without gradients; DDP must be told to
+        # expect that or it waits forever for those parameters' all-reduce.
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -55,7 +55,12 @@ def add_think_lora(model: torch.nn.Module, *, rank: int, alpha: int, dropout: fl
 
 def enable_gradient_checkpointing(model: Any) -> None:
     # Non-reentrant: works when the layer inputs do not require grad (frozen embeddings).
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    # transformers 5.2x renamed the method (the old name warns); earlier 5.x has only the old one.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -42,6 +42,17 @@ class Batch:
         # The loss shifts labels by one: the first position never is a target.
         return int((self.labels[:, 1:] != IGNORE).sum())
 
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) so host-to-GPU copies can be asynchronous."""
+        return Batch(
+            input_ids=self.input_ids.pin_memory(),
+            attention_mask=self.attention_mask.pin_memory(),
+            labels=self.labels.pin_memory(),
+            input_features=None if self.input_features is None else self.input_features.pin_memory(),
+            feature_mask=None if self.feature_mask is None else self.feature_mask.pin_memory(),
+            skipped=self.skipped,
+        )
+
     def to(self, device: torch.device | str, feature_dtype: torch.dtype) -> Batch:
         return Batch(
             input_ids=self.input_ids.to(device, non_blocking=True),

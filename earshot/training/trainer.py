@@ -210,15 +210,6 @@ def run_stage(
         lora=st.lora.model_dump() if st.lora else None,
     )
     sizes = count_parameters(model)
-    model = wrap_model(model, strategy=strategy, info=info, precision=precision)
-    optimizer = build_optimizer(
-        model,
-        lr=st.learning_rate,
-        weight_decay=st.weight_decay,
-        betas=st.adam_betas,
-        eps=st.adam_eps,
-        fused=info.device.startswith("cuda") and strategy != "fsdp",
-    )
 
     per_dataset, skips, n_records = load_stage_data(st, cache_dir=cur.cache_dir, info=info)
     items = [p for ds in per_dataset for p in ds]
@@ -228,6 +219,22 @@ def run_stage(
             f"({dict(skips.counts)}); first problems: {skips.examples[:3]}",
             code="no_training_data",
         )
+    text_only = any(not p.record.sounds for p in items)
+    model = wrap_model(
+        model,
+        strategy=strategy,
+        info=info,
+        precision=precision,
+        find_unused=text_only and bool({"encoder", "projector"} & set(st.trainable)),
+    )
+    optimizer = build_optimizer(
+        model,
+        lr=st.learning_rate,
+        weight_decay=st.weight_decay,
+        betas=st.adam_betas,
+        eps=st.adam_eps,
+        fused=info.device.startswith("cuda") and strategy != "fsdp",
+    )
     plan = MixturePlan(
         [len(ds) for ds in per_dataset],
         [ds.weight for ds in st.datasets],
@@ -251,6 +258,13 @@ def run_stage(
             raise ConfigError(
                 f"checkpoint {start.checkpoint_uri} belongs to stage {state.get('stage')!r}",
                 code="checkpoint_mismatch",
+            )
+        if state.get("config") not in (None, _config_digest(st)):
+            log.warning(
+                "[%s] the stage's settings changed since checkpoint %s was written; resuming "
+                "anyway (data order and schedule follow the new settings)",
+                st.name,
+                start.checkpoint_uri,
             )
         step = int(state["step"])
         counters = {"tokens": int(state.get("tokens", 0)), "samples": int(state.get("samples", 0))}

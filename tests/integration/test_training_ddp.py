@@ -60,5 +60,12 @@ def test_torchrun_two_ranks_ddp_then_fsdp(tiny_model_dir: Path, tmp_path: Path) 
     assert (rows["stage1"].strategy, rows["stage1"].world_size) == ("ddp", 2)
     assert (rows["stage3"].strategy, rows["stage3"].world_size) == ("fsdp", 2)
     assert all(s.status == "succeeded" and s.step == 1 for s in rows.values())
+    from safetensors.torch import load_file
+
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
     for stage in ("stage1", "stage3"):
-        assert (tmp_path / "runs" / "ddp" / stage / "model" / "model.safetensors").exists()
+        saved = load_file(str(tmp_path / "runs" / "ddp" / stage / "model" / "model.safetensors"))
+        # Gathered from the shards: every tensor whole, none left at its base value by mistake.
+        assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in base.items()}
+    changed = [k for k, v in saved.items() if not (v == base[k]).all()]
+    assert any("language_model" in k for k in changed) and any("audio_tower" in k for k in changed)
