@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from earshot.af3.runtime import AF3Runtime, pick_dtype
 from earshot.errors import ConfigError
+from earshot.triton.protocol import PARAM_CPU_THREADS
 
 Stage = Literal["encoder", "llm"]
 
@@ -73,6 +74,13 @@ def load_stage(args: ModelArgs, stage: Stage) -> AF3Runtime:
     7.6 B-parameter LLM on the GPU, and the LLM instance never holds the encoder.
     """
     model_dir = resolve_weights(args)
+    if args.device == "cpu":
+        import torch
+
+        # Every instance is its own process next to others; letting each spread OpenMP
+        # threads over all cores oversubscribes them (8 concurrent requests ran 20x slower
+        # on 2 cores). Scale with instance count instead.
+        torch.set_num_threads(max(1, args.int_param(PARAM_CPU_THREADS, 1)))
     dtype_name = args.param("dtype", "auto") or "auto"
     if dtype_name == "auto":
         dtype_name = str(pick_dtype("auto", args.device)).removeprefix("torch.")

@@ -43,6 +43,7 @@ VOICE = "voice"  # BYTES, which voice spoke
 # ---- model parameters (config.pbtxt `parameters`) ----------------------------------------
 PARAM_MODEL_PATH = "model_path"
 PARAM_DTYPE = "dtype"
+PARAM_CPU_THREADS = "cpu_threads"  # torch threads per instance when it runs on CPU
 PARAM_MAX_NEW_TOKENS = "max_new_tokens"
 PARAM_MAX_NEW_TOKENS_LIMIT = "max_new_tokens_limit"
 PARAM_MAX_WINDOWS_PER_BATCH = "max_windows_per_batch"
