@@ -158,35 +158,27 @@ def status(
         console.print("no training runs recorded")
         return
     for run_ in report["runs"]:
-        table = Table(title=f"{run_['name']}  {run_['status']}  {run_['output_uri']}")
-        for col in (
-            "stage",
-            "status",
-            "step",
-            "loss first -> last",
-            "tokens/s",
-            "skipped",
-            "attempts",
-            "model",
-        ):
+        table = Table(title=f"{run_['name']} ({run_['status']}) {run_['output_uri']}")
+        for col in ("stage", "status", "step", "first loss", "last loss", "tokens/s", "skipped", "tries"):
             table.add_column(col, overflow="fold")
         for s in run_["stages"]:
-            loss = (
-                f"{s['first_loss']:.4f} -> {s['last_loss']:.4f}"
-                if s["first_loss"] is not None and s["last_loss"] is not None
-                else "-"
-            )
             table.add_row(
                 s["stage"],
                 s["status"],
                 f"{s['step']}/{s['total_steps']}",
-                loss,
+                f"{s['first_loss']:.4f}" if s["first_loss"] is not None else "-",
+                f"{s['last_loss']:.4f}" if s["last_loss"] is not None else "-",
                 f"{s['tokens_per_s']:.0f}" if s["tokens_per_s"] else "-",
                 str(s["records_skipped"]),
                 str(s["attempts"]),
-                s["model_uri"] or "-",
             )
         console.print(table)
+        for s in run_["stages"]:
+            where = s["model_uri"] or s["checkpoint_uri"]
+            if where:
+                console.print(f"  {s['stage']}: {where}", highlight=False)
+            if s["error"]:
+                console.print(f"  {s['stage']}: [red]{s['error']}[/red]", highlight=False)
     for item in report["storage"]:
         console.print(
             f"{item['output']}: {item['state']}"
