@@ -44,7 +44,12 @@ def _input(request: Any, name: str) -> Any | None:
 
 def _numpy(request: Any, name: str) -> np.ndarray | None:
     tensor = _input(request, name)
-    return None if tensor is None else tensor.as_numpy()
+    if tensor is None:
+        return None
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    # With FORCE_CPU_ONLY_INPUT_TENSORS=no any input may arrive on the GPU.
+    return _to_torch(tensor).cpu().numpy()
 
 
 def _row_value(arr: np.ndarray | None, row: int, default: Any) -> Any:

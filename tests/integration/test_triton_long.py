@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ def _run(monkeypatch: pytest.MonkeyPatch, source: Path, engine: str) -> dict[str
     # `run` writes its flags into os.environ; registering them here makes the test undo that.
     monkeypatch.setenv("EARSHOT_ENGINE", engine)
     reset_engines()
-    result = CliRunner().invoke(app, ["run", str(source), "--engine", engine, "--tasks", TASKS, "--json"])
+    # The CLI points the root logger at its (captured, soon closed) stderr: put ours back.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        result = CliRunner().invoke(app, ["run", str(source), "--engine", engine, "--tasks", TASKS, "--json"])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert result.exit_code == 0, result.output
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return report

@@ -215,3 +215,26 @@ def test_cli_serve_runs_in_the_foreground_until_stopped(tmp_path: Path, tiny_mod
         out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, out
     assert "ready" in out
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(triton_server: TritonServer) -> None:
+    """The dynamic batcher hands af_whisper several requests at once; their windows share one
+    encoder pass and must be split back to the right request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=6, triton_max_concurrency=8))
+    clips = [tone_with_silences(4.0 + i * 3.0, [(1.0, 1.2 + i * 0.3)], seed=10 + i) for i in range(6)]
+    alone = [engine.generate(PROMPTS, audio=c) for c in clips]
+    g = grpcclient.InferenceServerClient(triton_server.grpc_url)
+
+    def counts() -> tuple[int, int]:
+        stats = g.get_inference_statistics(p.ENCODER, as_json=True)["model_stats"][0]
+        return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
+
+    before = counts()
+    with ThreadPoolExecutor(max_workers=len(clips)) as pool:
+        together = list(pool.map(lambda c: engine.generate(PROMPTS, audio=c), clips))
+    after = counts()
+    assert together == alone
+    executions, inferences = after[0] - before[0], after[1] - before[1]
+    assert inferences == len(clips) and executions < inferences  # some requests shared a pass
