@@ -154,7 +154,7 @@ def make_dataset(
 
 
 def demo_curriculum(
-    data: DemoData, *, model: Path, output: Path, steps: int = 12, batch_size: int = 4
+    data: DemoData, *, model: Path, output: Path, steps: int = 12, batch_size: int = 8
 ) -> dict[str, Any]:
     """Five stages with AF3's layout and learning rates scaled up for a random tiny model."""
     common = {
@@ -162,7 +162,8 @@ def demo_curriculum(
         "batch_size": batch_size,
         "gradient_accumulation": 1,
         "precision": "auto",
-        "lr_schedule": "constant",
+        # Cosine and a batch of every caption at once: first and last loss are comparable.
+        "lr_schedule": "cosine",
         "save_every_steps": max(1, steps // 2),
         "log_every_steps": max(1, steps // 4),
         "max_grad_norm": 1.0,
@@ -198,7 +199,7 @@ def demo_curriculum(
             {
                 "name": "stage3_5",
                 "description": "think LoRA",
-                "learning_rate": 2e-2,
+                "learning_rate": 1e-2,
                 "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
                 "datasets": [{"uri": str(data.think)}],
             },
