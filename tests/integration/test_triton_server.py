@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from earshot.config import Settings
 from earshot.engines.triton import TritonEngine
 from earshot.errors import InputError
 from earshot.triton import protocol as p
-from earshot.triton.repository import default_repository, get_parameter, prepare_repository
+from earshot.triton.repository import default_repository, get_parameter, prepare_repository, set_parameter
 from earshot.triton.server import TritonServer, free_port
 
 PROMPTS = ["Transcribe the input speech.", "Describe the audio in one sentence."]
@@ -185,11 +186,33 @@ def test_cli_health_and_models(triton_server: TritonServer) -> None:
     assert down.exit_code == 1 and json.loads(down.stdout)["ready"] is False
 
 
-def test_cli_serve_runs_in_the_foreground_until_stopped(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """`earshot triton serve --cpu` on a one-model repository (tts: no torch, quick to load)."""
+def _tiny_vits(out: Path) -> Path:
+    """A random VITS (text-to-speech) small enough to load in a second; its speech is noise."""
+    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    out.mkdir(parents=True)
+    vocab = {c: i for i, c in enumerate(["<pad>", *" abcdefghijklmnopqrstuvwxyz.,'-"])}
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    VitsTokenizer(str(out / "vocab.json"), language=None, add_blank=True, phonemize=False).save_pretrained(out)
+    config = VitsConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+        flow_size=16, spectrogram_bins=17, upsample_initial_channel=16, upsample_rates=[4, 4],
+        upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+        prior_encoder_num_flows=1, prior_encoder_num_wavenet_layers=1, posterior_encoder_num_wavenet_layers=1,
+        duration_predictor_num_flows=1, duration_predictor_filter_channels=16, depth_separable_num_layers=1,
+        sampling_rate=16000,
+    )
+    VitsModel(config).save_pretrained(out)
+    return out
+
+
+def test_cli_serve_runs_in_the_foreground_with_a_neural_voice(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`earshot triton serve --cpu` on a one-model repository: tts with a transformers voice."""
     repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "tts").symlink_to(default_repository() / "tts", target_is_directory=True)
+    shutil.copytree(default_repository() / "tts", repo / "tts")
+    cfg = repo / "tts" / "config.pbtxt"
+    voice_dir = _tiny_vits(tmp_path / "vits")
+    cfg.write_text(set_parameter(cfg.read_text(), p.PARAM_NEURAL_VOICE_PATH, str(voice_dir)))
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "services.cli.main", "triton", "serve", "--cpu",
@@ -199,7 +222,7 @@ def test_cli_serve_runs_in_the_foreground_until_stopped(tmp_path: Path, tiny_mod
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 if client.is_model_ready(p.TTS):
@@ -208,8 +231,11 @@ def test_cli_serve_runs_in_the_foreground_until_stopped(tmp_path: Path, tiny_mod
                 pass
             time.sleep(0.5)
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        spoken = client.infer(p.TTS, _inputs(grpcclient, text=np.array([["Hello."]], dtype=np.object_)))
+        text = np.array([["Hello, naïve café."]], dtype=np.object_)
+        spoken = client.infer(p.TTS, _inputs(grpcclient, text=text))
         assert int(spoken.as_numpy(p.SAMPLES)[0, 0]) > 0
+        assert int(spoken.as_numpy(p.SAMPLE_RATE)[0, 0]) == 16000
+        assert spoken.as_numpy(p.VOICE)[0, 0].decode() == "transformers:vits"
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=60)[0].decode()
