@@ -27,28 +27,39 @@ T = TypeVar("T")
 
 
 def _guarded(task: Task, job_id: str, step: Callable[[], T]) -> T | None:
-    """Run a step; bad input fails the job at once, anything else is retried with backoff."""
+    """Run a step; bad input fails the job at once, anything else is retried with backoff.
+
+    With a broker the retry is a Celery retry (countdown, survives this worker). In eager
+    mode Celery cannot schedule one (``retry`` raises out of ``.delay``), so the step is
+    retried here, in-process, with the same backoff.
+    """
     settings = get_settings()
-    try:
-        return step()
-    except EarshotError as exc:
-        if not exc.retryable:
-            log.warning("job %s failed: %s (%s)", job_id, exc.message, exc.code)
+    attempt = task.request.retries or 0
+    while True:
+        try:
+            return step()
+        except EarshotError as exc:
+            if not exc.retryable:
+                log.warning("job %s failed: %s (%s)", job_id, exc.message, exc.code)
+                with session_scope() as s:
+                    fail_job(s, job_id, exc)
+                _notify(job_id)
+                return None
+            log.warning("job %s: %s (%s), attempt %d", job_id, exc.message, exc.code, attempt + 1)
+            error: BaseException = exc
+        except Exception as exc:  # a bug or an outage: retry, then fail with the reason
+            log.exception("job %s step failed", job_id)
+            error = exc
+        if attempt >= settings.task_max_retries:
             with session_scope() as s:
-                fail_job(s, job_id, exc)
+                fail_job(s, job_id, error)
             _notify(job_id)
             return None
-        error: BaseException = exc
-    except Exception as exc:  # a bug or an outage: retry, then fail with the reason
-        log.exception("job %s step failed", job_id)
-        error = exc
-    retries = task.request.retries or 0
-    if retries >= settings.task_max_retries:
-        with session_scope() as s:
-            fail_job(s, job_id, error)
-        _notify(job_id)
-        return None
-    raise task.retry(exc=error, countdown=settings.task_retry_backoff_s * 2**retries)
+        delay = settings.task_retry_backoff_s * 2**attempt
+        if not task.request.is_eager:
+            raise task.retry(exc=error, countdown=delay)
+        time.sleep(delay)
+        attempt += 1
 
 
 @app.task(bind=True, name="earshot.process_job", max_retries=None)

@@ -62,7 +62,10 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
         storage.download_to(source, local)
         audio_info = probe(local, max_duration_s=settings.max_duration_s)
         sha = _sha256(local)
-        for seg in segment_stream(decode_stream(local), max_segment_s=settings.max_segment_s):
+        for seg in segment_stream(
+            decode_stream(local, max_duration_s=settings.max_duration_s),
+            max_segment_s=settings.max_segment_s,
+        ):
             flac = Path(tmp) / f"seg-{seg.index:05d}.flac"
             write_flac(seg.samples, flac)
             uri = storage.join_uri(prefix, flac.name)
