@@ -65,4 +65,9 @@ class JobReport(BaseModel):
     reasoning: list[Reasoning] = Field(default_factory=list)
     speech_uri: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
+    grounding: dict[str, int] = Field(
+        default_factory=dict,
+        description="event counts: kept, merged across segment cuts, dropped as invalid",
+    )
+    notes: list[str] = Field(default_factory=list, description="caveats about these results")
     error: ErrorInfo | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,6 +17,14 @@ from earshot.results import (
     SegmentInfo,
     Utterance,
 )
+
+
+def _notes(options: dict[str, Any]) -> list[str]:
+    notes: list[str] = []
+    think = options.get("think")
+    if isinstance(think, dict) and think.get("note"):
+        notes.append(str(think["note"]))
+    return notes
 
 
 def build_report(session: Session, job: m.Job) -> JobReport:
@@ -61,7 +71,9 @@ def build_report(session: Session, job: m.Job) -> JobReport:
             for t in traces
         ],
         speech_uri=speech.uri if speech else None,
-        outputs=dict(job.options.get("outputs", {})) if isinstance(job.options, dict) else {},
+        outputs=dict(job.options.get("outputs", {})),
+        grounding={k: int(v) for k, v in (job.options.get("grounding") or {}).items() if isinstance(v, int | float)},
+        notes=_notes(job.options),
         error=ErrorInfo(code=job.error_code, message=job.error_message or "")
         if job.error_code
         else None,

@@ -60,6 +60,8 @@ def _print_report(report: JobReport) -> None:
     for r in report.reasoning[:5]:
         tag = "think adapter" if r.adapter else "no think adapter"
         console.print(f"[bold]Q[/] {r.question} ({tag})\n  [bold]A[/] {r.answer}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
     for name, uri in sorted(report.outputs.items()):
         console.print(f"  {name}: {uri}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def test_full_local_pipeline_on_postgres(earshot_env: Settings, tmp_path: Path) 
         assert 0.0 <= u["start"] <= u["end"] <= 12.1
     reasoning = rep["reasoning"]
     assert isinstance(reasoning, list) and reasoning[0]["adapter"] is True
+    assert rep["notes"] == []  # the think adapter was there: nothing to warn about
+    grounding = rep["grounding"]
+    assert isinstance(grounding, dict) and set(grounding) >= {"events", "events_dropped", "events_merged"}
+    assert grounding["events"] == len(rep["events"])  # type: ignore[arg-type]
 
     speech = storage.parse_uri(str(rep["speech_uri"])).path
     info = sf.info(str(speech))
@@ -84,7 +89,7 @@ def test_long_file_is_split_and_mapped_to_absolute_time(
     segs = rep["segments"]
     assert isinstance(segs, list) and len(segs) == 3
     assert segs[0]["start"] == 0.0
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         assert a["end"] == b["start"]
         assert b["end"] - b["start"] <= settings.max_segment_s
     assert 8.0 <= segs[0]["end"] <= 8.8 and 17.5 <= segs[1]["end"] <= 18.3
@@ -200,3 +205,20 @@ def test_embedded_sqlite_default_runs_the_same_job(sqlite_env: Settings, tmp_pat
     assert json.loads(result.stdout.splitlines()[0])["job_id"] == rep["job_id"]
     shown = runner.invoke(app, ["jobs", "show", str(rep["job_id"]), "--json"])
     assert json.loads(shown.stdout)["transcript"] == rep["transcript"]
+
+
+def test_thinking_without_an_adapter_says_so(
+    sqlite_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from earshot.af3.tiny import build_tiny_checkpoint
+    from tests.fixtures.earshot import apply_env
+
+    plain = build_tiny_checkpoint(tmp_path / "plain", with_think=False)
+    apply_env(monkeypatch, model_path=str(plain))
+    src = speech_file(tmp_path, "q.wav", 3.0, [])
+    code, (rep,) = run_cli(str(src), "--tasks", "think")
+    assert code == 0 and rep["status"] == "succeeded"
+    reasoning = rep["reasoning"]
+    assert isinstance(reasoning, list) and reasoning and all(r["adapter"] is False for r in reasoning)
+    notes = rep["notes"]
+    assert isinstance(notes, list) and len(notes) == 1 and "adapter" in notes[0]
