@@ -165,7 +165,7 @@ def test_missing_and_directory_errors(tmp_path: Path) -> None:
         lambda: storage.head(missing),
         lambda: storage.download_to(missing, tmp_path / "dl"),
     ):
-        with pytest.raises(StorageError, match="nope.wav") as info:
+        with pytest.raises(StorageError, match=r"nope\.wav") as info:
             call()
         assert info.value.code == "not_found"
     assert not storage.exists(missing)
