@@ -122,7 +122,7 @@ class TritonEngine:
         arr = np.array([[text.encode("utf-8")]], dtype=np.object_)
         result = self._infer(p.TTS, [_tensor(InferInput, p.TEXT, arr)], None)
         n = int(result.as_numpy(p.SAMPLES).reshape(-1)[0])
-        wave = result.as_numpy(p.WAVEFORM).reshape(result.as_numpy(p.WAVEFORM).shape[0], -1)[0, :n]
+        wave = result.as_numpy(p.WAVEFORM)[0, :n]  # rows are zero-padded to the batch's longest
         rate = int(result.as_numpy(p.SAMPLE_RATE).reshape(-1)[0])
         voice = _decode(result.as_numpy(p.VOICE).reshape(-1)[0])
         buf = io.BytesIO()
