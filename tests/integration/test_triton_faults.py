@@ -86,10 +86,15 @@ def test_server_stopped_mid_job_job_succeeds_when_it_is_back(
 def test_server_down_longer_than_the_retry_budget_fails_the_job_cleanly(
     faults_server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No task-level retries: in eager mode (no broker) Celery raises task.retry()'s Retry out
-    # of .delay() instead of re-running the task, so the engine's budget is the whole story.
+    # The engine's 2 s budget runs out, the task retries once (in-process in eager mode), then
+    # the job fails.
     settings = triton_settings(
-        monkeypatch, faults_server, max_segment_s="20", triton_retry_budget_s="2", task_max_retries="0"
+        monkeypatch,
+        faults_server,
+        max_segment_s="20",
+        triton_retry_budget_s="2",
+        task_max_retries="1",
+        task_retry_backoff_s="0",
     )
     job_id = _job(tmp_path)
     worker = _start(job_id)
