@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, joinedload
 
 from earshot.auth import ApiKey, authenticate, scope_allows
@@ -70,7 +71,11 @@ def require_scope(scope: str) -> Callable[..., ApiKey]:
         if credentials is None:
             raise ApiProblem(401, "an API key is required (Authorization: Bearer ek_...)",
                              code="unauthenticated", headers=challenge)
-        key = authenticate(session, credentials.credentials)
+        try:
+            key = authenticate(session, credentials.credentials)
+        finally:
+            # Hand the connection back before the route runs in another thread hop (see reply).
+            session.close()
         if key is None:
             raise ApiProblem(401, "unknown or revoked API key", code="invalid_key",
                              headers={"WWW-Authenticate": 'Bearer realm="earshot", error="invalid_token"'})
@@ -85,6 +90,26 @@ def require_scope(scope: str) -> Callable[..., ApiKey]:
 ReadKey = Annotated[ApiKey, Depends(require_scope("read"))]
 SubmitKey = Annotated[ApiKey, Depends(require_scope("submit"))]
 AdminKey = Annotated[ApiKey, Depends(require_scope("admin"))]
+
+
+def reply(
+    session: Session,
+    body: BaseModel | str | bytes,
+    *,
+    status_code: int = 200,
+    media_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """End a sync route: give the connection back, then answer with a ready response.
+
+    Returning a Response (not a model) skips FastAPI's second validation of the model, and for
+    sync routes that validation runs in another thread hop. A request holding a pooled
+    connection while it waits for a thread, with every thread waiting for a connection, is a
+    deadlock (it happened at 64 concurrent requests); so no connection outlives the route.
+    """
+    session.close()
+    content = body.model_dump_json() if isinstance(body, BaseModel) else body
+    return Response(content, status_code=status_code, media_type=media_type, headers=headers)
 
 
 def load_job(session: Session, job_id: str, *, with_audio: bool = False) -> Job:

@@ -24,7 +24,16 @@ from earshot.db.session import session_scope
 from earshot.errors import EngineUnavailable
 from earshot.jobs import service
 from earshot.jobs.submit import submit
-from services.api.deps import EnqueueDep, Enqueuer, ReadKey, SessionDep, SettingsDep, SubmitKey, load_job
+from services.api.deps import (
+    EnqueueDep,
+    Enqueuer,
+    ReadKey,
+    SessionDep,
+    SettingsDep,
+    SubmitKey,
+    load_job,
+    reply,
+)
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import (
     CALLBACK_URL,
@@ -125,10 +134,10 @@ def list_jobs(
     created_before: Annotated[IsoDateTime | None, Query(description="Exclusive (RFC 3339)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page")] = None,
-) -> JobPage:
+) -> Response:
     source_prefix = f"s3://{bucket}/{prefix or ''}" if bucket else prefix
     if source_prefix and "\x00" in source_prefix:  # no URI holds NUL (PostgreSQL text cannot)
-        return JobPage(jobs=[], next_cursor=None)
+        return reply(session, JobPage(jobs=[], next_cursor=None))
     before = decode_cursor(cursor) if cursor else None
     jobs = service.list_jobs(
         session,
@@ -146,10 +155,10 @@ def list_jobs(
             select(AudioFile.id, AudioFile.duration_s).where(AudioFile.id.in_({j.audio_file_id for j in page}))
         )
         durations = {r[0]: r[1] for r in rows}
-    return JobPage(
+    return reply(session, JobPage(
         jobs=[job_out(j, durations.get(j.audio_file_id), duration_known=True) for j in page],
         next_cursor=encode_cursor(page[-1]) if len(jobs) > limit else None,
-    )
+    ))
 
 
 # --------------------------------------------------------------------------- submit
@@ -201,8 +210,13 @@ async def _read_json(request: Request) -> JobCreate:
         raise _body_errors(exc) from None
 
 
-def _existing(session: Session, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def _existing(session: Session, key: str) -> JobOut | None:
+    """The job created earlier with this key; the connection goes back to the pool after."""
+    try:
+        job = session.scalar(select(Job).where(Job.idempotency_key == key))
+        return job_out(job) if job is not None else None
+    finally:
+        session.close()
 
 
 def _submit(
@@ -224,7 +238,9 @@ def _submit(
         callback_url=callback_url,
     )
     session.commit()
-    return job_out(job), created
+    out = job_out(job)
+    session.close()
+    return out, created
 
 
 def _run_in_process(enqueue: Enqueuer, job_id: str) -> None:
@@ -253,6 +269,7 @@ async def dispatch(
         def fail() -> None:
             service.fail_job(session, job_id, reason)
             session.commit()
+            session.close()
 
         await run_in_threadpool(fail)
         raise ApiProblem(503, "the job queue is unavailable; retry the job later", code="queue_unavailable",
@@ -316,7 +333,7 @@ async def create_job(
             return None
         response.status_code = 200
         response.headers["Location"] = f"/v1/jobs/{found.id}"
-        return await run_in_threadpool(job_out, found)
+        return found
 
     # The body is validated before the idempotency lookup (a malformed repeat is still a 422),
     # and an upload is stored only after it: a repeated upload stores nothing.
@@ -363,8 +380,8 @@ async def create_job(
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status, progress, timings and error",
             responses=responses(401, 403, 404, 422))
-def get_job(session: SessionDep, _key: ReadKey, job_id: str) -> JobOut:
-    return job_out(load_job(session, job_id, with_audio=True))
+def get_job(session: SessionDep, _key: ReadKey, job_id: str) -> Response:
+    return reply(session, job_out(load_job(session, job_id, with_audio=True)))
 
 
 @router.post(
@@ -388,7 +405,9 @@ async def retry_job(
                              code="not_retryable")
         service.reset_for_retry(session, job.id)
         session.commit()
-        return job_out(job)
+        out = job_out(job)
+        session.close()
+        return out
 
     out = await run_in_threadpool(reset)
     await dispatch(session, settings, enqueue, background, out.id)
@@ -401,10 +420,10 @@ async def retry_job(
     summary="Cancel a queued or running job (cancelling a cancelled job is a no-op)",
     responses=responses(401, 403, 404, 409, 422),
 )
-def cancel_job(session: SessionDep, _key: SubmitKey, job_id: str) -> JobOut:
+def cancel_job(session: SessionDep, _key: SubmitKey, job_id: str) -> Response:
     job = load_job(session, job_id)
     if job.status in ("succeeded", "failed"):
         raise ApiProblem(409, f"job already {job.status}", code="already_finished")
     service.cancel_job(session, job.id)
     session.commit()
-    return job_out(job)
+    return reply(session, job_out(job))

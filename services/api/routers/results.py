@@ -15,7 +15,7 @@ from earshot.db import models as m
 from earshot.errors import StorageError
 from earshot.jobs.report import build_report
 from earshot.results import Utterance
-from services.api.deps import ReadKey, SessionDep, load_job
+from services.api.deps import ReadKey, SessionDep, load_job, reply
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import (
     EventOut,
@@ -63,11 +63,11 @@ def transcript(
     _key: ReadKey,
     job_id: str,
     format: Annotated[ExportName, Query(description="json, srt, vtt, txt or md")] = "json",
-) -> TranscriptOut | Response:
+) -> Response:
     job = load_job(session, job_id)
     if format == "md":
         body = exports.to_markdown(build_report(session, job))
-        return Response(body, media_type=exports.FORMATS["md"].content_type)
+        return reply(session, body, media_type=exports.FORMATS["md"].content_type)
     rows = _utterances(session, job.id)
     if format == "json":
         # rows are trusted (typed columns): construct without validating and serialise once
@@ -76,11 +76,12 @@ def transcript(
             status=job.status,
             utterances=[UtteranceOut.model_construct(start=s, end=e, text=t) for s, e, t in rows],
         )
-        return Response(out.model_dump_json(), media_type="application/json")
+        return reply(session, out)
     utterances = [Utterance(start=s, end=e, text=t) for s, e, t in rows]
     writers = {"srt": exports.to_srt, "vtt": exports.to_vtt, "txt": exports.to_txt}
     body = writers[format](utterances)
-    return Response(
+    return reply(
+        session,
         body,
         media_type=exports.FORMATS[format].content_type,
         headers={"Content-Disposition": f'inline; filename="{job.id}{exports.FORMATS[format].extension}"'},
@@ -88,13 +89,13 @@ def transcript(
 
 
 @router.get("/summary", response_model=SummaryOut, summary="Summaries at every level", responses=ERRORS)
-def summary(session: SessionDep, _key: ReadKey, job_id: str) -> SummaryOut:
+def summary(session: SessionDep, _key: ReadKey, job_id: str) -> Response:
     job = load_job(session, job_id)
     rows = sorted(
         session.scalars(select(m.Summary).where(m.Summary.job_id == job.id)),
         key=lambda s: (LEVEL_ORDER.get(s.level, 9), s.level, s.idx),
     )
-    return SummaryOut(
+    return reply(session, SummaryOut(
         job_id=job.id,
         status=job.status,  # type: ignore[arg-type]
         summary=next((s.text for s in rows if s.level == "file"), None),
@@ -102,7 +103,7 @@ def summary(session: SessionDep, _key: ReadKey, job_id: str) -> SummaryOut:
             SummaryItem(level=s.level, idx=s.idx, start=s.start_s, end=s.end_s, title=s.title, text=s.text)
             for s in rows
         ],
-    )
+    ))
 
 
 @router.get(
@@ -127,10 +128,10 @@ def events(
     min_duration: Annotated[
         float | None, Query(ge=0, allow_inf_nan=False, description="Events at least this long (seconds)")
     ] = None,
-) -> EventsOut:
+) -> Response:
     job = load_job(session, job_id)
     if label and "\x00" in label:  # no label holds NUL (PostgreSQL text cannot)
-        return EventsOut(job_id=job.id, status=job.status, events=[])  # type: ignore[arg-type]
+        return reply(session, EventsOut(job_id=job.id, status=job.status, events=[]))  # type: ignore[arg-type]
     conds = [m.Event.job_id == job.id]
     if label:
         escaped = label.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -142,25 +143,25 @@ def events(
     if min_duration is not None:
         conds.append(m.Event.end_s - m.Event.start_s >= min_duration)
     rows = session.scalars(select(m.Event).where(and_(*conds)).order_by(m.Event.start_s, m.Event.segment_index, m.Event.seq))
-    return EventsOut(
+    return reply(session, EventsOut(
         job_id=job.id,
         status=job.status,  # type: ignore[arg-type]
         events=[
             EventOut(start=e.start_s, end=e.end_s, duration=e.end_s - e.start_s, label=e.label, raw=e.raw or "")
             for e in rows
         ],
-    )
+    ))
 
 
 @router.get("/reasoning", response_model=ReasoningOut, summary="Reasoning traces and answers", responses=ERRORS)
-def reasoning(session: SessionDep, _key: ReadKey, job_id: str) -> ReasoningOut:
+def reasoning(session: SessionDep, _key: ReadKey, job_id: str) -> Response:
     job = load_job(session, job_id)
     rows = session.scalars(
         select(m.ReasoningTrace)
         .where(m.ReasoningTrace.job_id == job.id)
         .order_by(m.ReasoningTrace.segment_index, m.ReasoningTrace.seq)
     )
-    return ReasoningOut(
+    return reply(session, ReasoningOut(
         job_id=job.id,
         status=job.status,  # type: ignore[arg-type]
         traces=[
@@ -168,7 +169,7 @@ def reasoning(session: SessionDep, _key: ReadKey, job_id: str) -> ReasoningOut:
                                answer=t.answer, adapter=t.adapter)
             for t in rows
         ],
-    )
+    ))
 
 
 def _stream(uri: str) -> Iterator[bytes]:
@@ -193,7 +194,7 @@ def speech(
     job_id: str,
     download: Annotated[bool, Query(description="Stream the audio instead of returning a URL")] = False,
     expires_s: Annotated[int, Query(ge=60, le=7 * 24 * 3600, description="Lifetime of the URL")] = 3600,
-) -> SpeechOut | Response:
+) -> Response:
     job = load_job(session, job_id)
     out = session.scalar(
         select(m.SpeechOutput).where(m.SpeechOutput.job_id == job.id).order_by(m.SpeechOutput.kind)
@@ -201,6 +202,7 @@ def speech(
     if out is None:
         raise ApiProblem(404, "this job has no spoken output (task 'speak', once it succeeded)", code="no_speech")
     if download:
+        session.close()  # the stream is read in thread hops: hold no connection meanwhile
         try:
             size = storage.head(out.uri).size
         except StorageError as exc:
@@ -212,7 +214,7 @@ def speech(
             media_type="audio/wav",
             headers={"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{job.id}-{out.kind}.wav"'},
         )
-    return SpeechOut(
+    return reply(session, SpeechOut(
         job_id=job.id, kind=out.kind, uri=out.uri, url=storage.presign(out.uri, expires_s),
         duration_s=out.duration_s, voice=out.voice, sample_rate=out.sample_rate,
-    )
+    ))

@@ -6,10 +6,10 @@ import base64
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from earshot.search import KINDS, search
-from services.api.deps import ReadKey, SessionDep
+from services.api.deps import ReadKey, SessionDep, reply
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import SearchHitOut, SearchOut
 
@@ -58,13 +58,13 @@ def search_route(
     cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page")] = None,
     job_id: Annotated[uuid.UUID | None, Query(description="Only this job")] = None,
     kind: Annotated[Literal["utterance", "summary"] | None, Query(description="Only this kind of hit")] = None,
-) -> SearchOut:
+) -> Response:
     offset = _offset(cursor)
     page = search(
         session, q, limit=limit, offset=offset, job_id=str(job_id) if job_id else None,
         kinds=[kind] if kind else KINDS,
     )
-    return SearchOut(
+    return reply(session, SearchOut(
         query=q,
         hits=[
             SearchHitOut(kind=h.kind, job_id=h.job_id, source=h.source, start=h.start, end=h.end,
@@ -72,4 +72,4 @@ def search_route(
             for h in page.hits
         ],
         next_cursor=_cursor(offset + limit) if page.hits and page.has_more and offset + limit <= MAX_OFFSET else None,
-    )
+    ))
