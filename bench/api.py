@@ -9,8 +9,8 @@ What it does:
    with COPY; the texts are drawn from a 5,000-word vocabulary, so one search word matches
    ~240 utterances that must all be ranked;
 2. starts the API with uvicorn (one worker process) in a subprocess;
-3. runs the load generator in a *second* process (this file, ``load`` mode: httpx async, one
-   keep-alive connection per concurrent client) for each endpoint and concurrency, for a fixed
+3. runs the load generator in a *second* process (this file, ``load`` mode: asyncio, a minimal HTTP/1.1
+   client, one keep-alive connection per concurrent client) for each endpoint and concurrency, for a fixed
    time after a short warm-up, and prints p50 / p99 / requests per second;
 4. drops the database.
 
@@ -103,14 +103,52 @@ def seed(url: str, jobs: int, per_job: int, rng: random.Random) -> tuple[list[st
 # --------------------------------------------------------------------------- load generator (second process)
 
 
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client: a fraction of httpx's CPU per request, so the load
+    generator (sharing the cores with the server) stays out of the way. It reads responses
+    with Content-Length, which is what the API sends for these endpoints."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.head = f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\nAccept: */*\r\n\r\n"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> int:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.writer.write(f"GET {path} HTTP/1.1\r\n{self.head}".encode())
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length, close = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            await self.reader.readexactly(length)
+            if close:
+                self.close()
+            return status
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def _run_scenario(
     base: str, token: str, scenario: str, concurrency: int, duration: float, warmup: float,
     job_ids: list[str], words: list[str], seed_value: int,
 ) -> dict[str, Any]:
-    import httpx
-
     rng = random.Random(seed_value)
-    headers = {"Authorization": f"Bearer {token}"}
+    host, port = base.removeprefix("http://").split(":")
 
     def path() -> str:
         if scenario == "job":
@@ -121,28 +159,28 @@ async def _run_scenario(
 
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        async def worker(until: float, record: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < until:
-                started = time.perf_counter()
-                try:
-                    r = await client.get(path())
-                    await r.aread()
-                    ok = r.status_code == 200
-                except httpx.TransportError:  # counted, not fatal: a closed keep-alive, a reset
-                    ok = False
-                if record:
-                    latencies.append(time.perf_counter() - started)
-                    errors += not ok
+    connections = [_Connection(host, int(port), token) for _ in range(concurrency)]
 
-        warm_until = time.perf_counter() + warmup
-        await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
-        started = time.perf_counter()
-        until = started + duration
-        await asyncio.gather(*(worker(until, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    async def worker(conn: _Connection, until: float, record: bool) -> None:
+        nonlocal errors
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            try:
+                ok = await conn.get(path()) == 200
+            except (OSError, asyncio.IncompleteReadError, ValueError):  # counted, not fatal
+                ok = False
+            if record:
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+
+    warm_until = time.perf_counter() + warmup
+    await asyncio.gather(*(worker(c, warm_until, False) for c in connections))
+    started = time.perf_counter()
+    until = started + duration
+    await asyncio.gather(*(worker(c, until, True) for c in connections))
+    elapsed = time.perf_counter() - started
+    for c in connections:
+        c.close()
     latencies.sort()
     return {
         "scenario": scenario,
