@@ -7,6 +7,8 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 QUESTION_MAX_CHARS = 4000
+# 7 days: longer than any recording Earshot accepts, and inside every database's float range
+MAX_TIME_S = 7 * 24 * 3600.0
 
 
 class ClipIn(BaseModel):
@@ -15,9 +17,9 @@ class ClipIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(description="A succeeded job whose source audio the model hears")
-    start: float | None = Field(default=None, ge=0, description="Window start in seconds (default 0)")
+    start: float | None = Field(default=None, ge=0, le=MAX_TIME_S, description="Window start in seconds (default 0)")
     end: float | None = Field(
-        default=None, gt=0, description="Window end in seconds (default: start + EARSHOT_CHAT_MAX_CLIP_S or the file's end)"
+        default=None, gt=0, le=MAX_TIME_S, description="Window end in seconds (default: start + EARSHOT_CHAT_MAX_CLIP_S or the file's end)"
     )
 
     @model_validator(mode="after")

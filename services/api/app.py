@@ -12,7 +12,7 @@ from earshot.auth import models as _auth_models  # noqa: F401  (registers api_ke
 from earshot.config import Settings, get_settings
 from services.api import problems
 from services.api.metrics import ApiMetrics, MetricsMiddleware
-from services.api.routers import health, jobs, keys, results, search
+from services.api.routers import conversations, health, jobs, keys, results, search
 from services.api.schemas import JobCreate, UploadForm
 
 DESCRIPTION = """
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "jobs", "description": "Submit and follow jobs"},
             {"name": "results", "description": "What a job found"},
             {"name": "search", "description": "Full-text search"},
+            {"name": "conversations", "description": "Questions and multi-turn chat over processed audio"},
             {"name": "keys", "description": "API keys (admin)"},
             {"name": "health", "description": "Probes and metrics (no key)"},
         ],
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
     problems.install(app)
-    for module in (health, jobs, results, search, keys):
+    for module in (health, jobs, results, search, conversations, keys):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 

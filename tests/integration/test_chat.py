@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from earshot.af3.chat import SOUND_TOKEN, chatml
 from earshot.af3.runtime import AF3Runtime
 from earshot.audio.synth import encode_file, tone_with_silences
+from earshot.auth.service import create_key
 from earshot.chat import service
 from earshot.chat.models import Conversation, ConversationClip, ConversationTurn
 from earshot.config import Settings
@@ -25,8 +25,8 @@ from earshot.db.session import session_scope
 from earshot.engines.local import LocalEngine
 from earshot.jobs.submit import submit
 from earshot.prompts import split_reasoning
-from services.api import problems
-from services.api.routes_conversations import get_chat_engine, router
+from services.api.app import create_app
+from services.api.routers.conversations import get_chat_engine
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +53,23 @@ def processed_job(tmp_path: Path, name: str, seconds: float, seed: int, *, summa
 
 @pytest.fixture
 def client(earshot_env: Settings, engine: LocalEngine) -> Iterator[TestClient]:
-    app = FastAPI()
-    app.state.settings = earshot_env
-    problems.install(app)
-    app.include_router(router)
+    app = create_app(earshot_env)
     app.dependency_overrides[get_chat_engine] = lambda: engine
-    with TestClient(app) as c:
+    with session_scope() as s:
+        _, token = create_key(s, name="chat-tests", scopes=["read", "submit"])
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
+
+
+def test_conversations_need_a_key_with_the_right_scope(client: TestClient, tmp_path: Path) -> None:
+    job = processed_job(tmp_path, "scoped.wav", 3.0, seed=5)
+    body = {"job_ids": [job], "question": "What do you hear?"}
+    assert client.post("/v1/conversations", json=body, headers={"Authorization": ""}).status_code == 401
+    with session_scope() as s:
+        _, reader = create_key(s, name="reader", scopes=["read"])
+    as_reader = {"Authorization": f"Bearer {reader}"}
+    assert client.post("/v1/conversations", json=body, headers=as_reader).status_code == 403
+    assert client.get("/v1/conversations", headers=as_reader).status_code == 200
 
 
 def sse(text: str) -> list[tuple[str, dict[str, Any]]]:

@@ -1,13 +1,8 @@
 """``/v1/conversations``: questions and multi-turn, multi-audio chat over processed files.
 
-A standalone router: its session, settings and engine come from its own dependencies (all
-overridable with ``app.dependency_overrides``). Access control is two hooks, ``read_access``
-(GET) and ``write_access`` (POST, DELETE), which do nothing by themselves; the app wires
-them to its API-key scopes, e.g.::
-
-    app.include_router(routes_conversations.router)
-    app.dependency_overrides[routes_conversations.read_access] = require_scope("read")
-    app.dependency_overrides[routes_conversations.write_access] = require_scope("submit")
+Its session, settings and engine come from its own dependencies (overridable with
+``app.dependency_overrides``). Reads need the ``read`` scope; questions and deletes need
+``submit``, like every other write in the API.
 
 Answers stream as server-sent events when the body says ``"stream": true``::
 
@@ -45,9 +40,11 @@ from earshot.config import Settings, get_settings
 from earshot.db.session import session_factory, session_scope
 from earshot.engines.base import Engine
 from earshot.errors import EarshotError, EngineError, InputError, StorageError
-from services.api.problems import ApiProblem
+from services.api.deps import require_scope
+from services.api.problems import ApiProblem, responses
 
-router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
+# every route needs a key: document the answers without one or with the wrong scope
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"], responses=responses(400, 401, 403, 422))
 
 SSE_MEDIA_TYPE = "text/event-stream"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -56,12 +53,8 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # ---- dependencies (override any of them in the app or in tests) ------------------------------
 
 
-def read_access() -> None:
-    """Access check for reads; the app overrides it with its API-key scope check."""
-
-
-def write_access() -> None:
-    """Access check for questions and deletes; the app overrides it with its scope check."""
+read_access = require_scope("read")
+write_access = require_scope("submit")
 
 
 def get_chat_settings(request: Request) -> Settings:
@@ -153,14 +146,27 @@ def _answer(
 
 
 _STREAM_DOC = {
-    "content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}, "example": "event: token\ndata: {\"text\": \"A\"}\n\n"}},
+    "content": {SSE_MEDIA_TYPE: {"schema": {
+        # one server-sent event: its name and its data (JSON text)
+        "type": "object",
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": ["data"],
+    }, "example": "event: token\ndata: {\"text\": \"A\"}\n\n"}},
     "description": "With `stream: true`: server-sent events `token`..., then `answer` (or `error`)",
 }
+# the shared problem schema, with descriptions that say what each status means here
 _ERRORS = {
-    404: {"description": "No such conversation or job"},
-    409: {"description": "The job is not processed yet, or another turn was stored meanwhile"},
-    422: {"description": "Invalid question or clips (too long, out of range, over the audio budget)"},
-    503: {"description": "The inference engine is unavailable"},
+    status: {**entry, "description": text}
+    for (status, entry), text in zip(
+        responses(404, 409, 422, 503).items(),
+        (
+            "No such conversation or job",
+            "The job is not processed yet, or another turn was stored meanwhile",
+            "Invalid question or clips (too long, out of range, over the audio budget)",
+            "The inference engine is unavailable",
+        ),
+        strict=True,
+    )
 }
 
 
