@@ -5,9 +5,14 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+# every table module, so autogenerate sees the whole schema and proposes no spurious drops
+from earshot.auth import models as _auth_models  # noqa: F401
+from earshot.chat import models as _chat_models  # noqa: F401
 from earshot.config import get_settings
-from earshot.db import models as _models  # noqa: F401  (registers the tables)
+from earshot.db import models as _models  # noqa: F401
 from earshot.db.base import Base
+from earshot.ingest import models as _ingest_models  # noqa: F401
+from earshot.training import models as _training_models  # noqa: F401
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
