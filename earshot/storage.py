@@ -692,6 +692,32 @@ def _delete_files(ref: ObjectRef) -> int:
     return count
 
 
+def mirror_prefix(prefix_uri: str, cache_root: str | os.PathLike[str]) -> tuple[Path, int]:
+    """A local directory holding everything under ``prefix_uri``, and how many files it has.
+
+    A local path is used in place (count 0, nothing copied). An S3 prefix is mirrored into
+    ``cache_root/<bucket>/<prefix>``; files whose size already matches are not fetched again,
+    so a restarted worker or training job starts quickly.
+    """
+    ref = parse_uri(prefix_uri)
+    if ref.scheme == "file":
+        return ref.path, 0
+    prefix = ref.key.rstrip("/") + "/"
+    target = Path(cache_root) / (ref.bucket or "") / prefix
+    found = 0
+    for info in list_objects(f"s3://{ref.bucket}/{prefix}"):
+        rel = parse_uri(info.uri).key[len(prefix) :]
+        if not rel or rel.endswith("/"):
+            continue
+        found += 1
+        local = target / rel
+        if local.exists() and local.stat().st_size == info.size:
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        download_to(info.uri, local)
+    return target, found
+
+
 def presign(uri: str, expires_s: int = 3600) -> str:
     """A URL anyone can GET for ``expires_s`` seconds; for local files, the file URI."""
     ref = parse_uri(uri)

@@ -101,24 +101,10 @@ def push_dir(local: Path, uri: str) -> None:
 
 def fetch_dir(uri: str, *, cache: Path) -> Path:
     """A local copy of a directory URI (local paths are used in place)."""
-    ref = storage.parse_uri(uri)
-    if ref.scheme == "file":
-        return Path(ref.key.rstrip("/"))
-    prefix = ref.key.rstrip("/") + "/"
-    target = cache / (ref.bucket or "") / prefix
-    found = 0
-    for info in storage.list_objects(f"s3://{ref.bucket}/{prefix}"):
-        rel = storage.parse_uri(info.uri).key[len(prefix) :]
-        if not rel or rel.endswith("/"):
-            continue
-        found += 1
-        local = target / rel
-        if local.exists() and local.stat().st_size == info.size:
-            continue
-        storage.download_to(info.uri, local)
-    if not found:
+    local, found = storage.mirror_prefix(uri, cache)
+    if storage.parse_uri(uri).scheme == "s3" and not found:
         raise ConfigError(f"nothing under {uri}", code="not_found")
-    return target
+    return local
 
 
 def model_dir(uri: str) -> Path:
