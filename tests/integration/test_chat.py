@@ -262,3 +262,24 @@ def test_engine_chat_validates_clip_count(engine: LocalEngine) -> None:
         engine.chat([Turn("user", "hi", audio=1), Turn("assistant", "yo")], [audio])
     streamed = "".join(engine.chat_stream([Turn("user", "hi", audio=1)], [audio], max_new_tokens=5))
     assert streamed == engine.chat([Turn("user", "hi", audio=1)], [audio], max_new_tokens=5)
+
+
+def test_a_missing_model_is_a_503_with_the_reason(
+    earshot_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from earshot.engines import reset_engines
+    from tests.fixtures.earshot import apply_env
+
+    settings = apply_env(monkeypatch, model_path=str(tmp_path / "no-model"))
+    reset_engines()
+    job = processed_job(tmp_path, "nomodel.wav", 2.0, seed=7)
+    with session_scope() as s:
+        _, token = create_key(s, name="nomodel", scopes=["read", "submit"])
+    try:
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
+            r = c.post("/v1/conversations", json={"job_ids": [job], "question": "Hello?"})
+    finally:
+        reset_engines()
+    assert r.status_code == 503
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] == "model_not_found" and "no-model" in r.json()["detail"]

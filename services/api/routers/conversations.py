@@ -73,7 +73,12 @@ def get_db(settings: Annotated[Settings, Depends(get_chat_settings)]) -> Iterato
 def get_chat_engine() -> Engine:
     from earshot.engines import get_engine
 
-    return get_engine()
+    try:
+        return get_engine()
+    except EarshotError as exc:
+        # a missing or unreachable model is the server's problem, not the request's: 503, as
+        # documented, with the reason (a 500 would say "bug")
+        raise ApiProblem(503, f"the inference engine is not available: {exc.message}", code=exc.code) from exc
 
 
 SettingsDep = Annotated[Settings, Depends(get_chat_settings)]
