@@ -60,6 +60,53 @@ class SegmentAnalysis:
         )
 
 
+def question_prompts(questions: Sequence[str]) -> list[str]:
+    """Custom questions ask for clip-relative times, which ``shifted`` can make absolute."""
+    return [q if q == prompts.THINK_QUESTION else q + prompts.QUESTION_TIMES for q in questions]
+
+
+def parse_answers(
+    *,
+    duration_s: float,
+    task_answers: dict[str, str],
+    question_answers: Sequence[tuple[str, str]] = (),
+    thinking: bool = False,
+    adapter: bool = False,
+) -> SegmentAnalysis:
+    """Turn the model's raw answers for one clip into results (times relative to the clip).
+
+    ``task_answers`` maps a task to its answer; ``question_answers`` pairs each question
+    (the think question first when thinking) with its answer.
+    """
+    result = SegmentAnalysis(duration_s=duration_s)
+    result.raw.update(task_answers)
+    if "transcribe" in result.raw:
+        result.transcript = [
+            Utterance(start=i.start, end=i.end, text=i.text)
+            for i in prompts.parse_transcript(result.raw["transcribe"], duration_s)
+        ]
+    if "caption" in result.raw:
+        result.caption = result.raw["caption"].strip()
+    if "events" in result.raw:
+        grounded = parse_grounding(result.raw["events"], duration_s)
+        result.grounding = grounded
+        result.events = [Event(start=e.start, end=e.end, label=e.label, raw=e.raw) for e in grounded.events]
+        result.events_dropped = grounded.dropped_count
+    if "summarize" in result.raw:
+        result.summary = result.raw["summarize"].strip()
+    if thinking and not adapter:
+        from earshot.af3.think import NO_ADAPTER_NOTE
+
+        result.notes.append(NO_ADAPTER_NOTE)
+    for q, a in question_answers:
+        trace, answer = prompts.split_reasoning(a) if thinking else ("", a.strip())
+        result.reasoning.append(
+            Reasoning(question=q, thinking=trace, answer=answer, adapter=thinking and adapter)
+        )
+        result.raw[f"q:{q}"] = a
+    return result
+
+
 def analyze_audio(
     engine: Engine,
     audio: np.ndarray,
@@ -69,46 +116,22 @@ def analyze_audio(
     sample_rate: int = 16000,
 ) -> SegmentAnalysis:
     """Run every requested task on one <= 600 s clip; times are relative to the clip."""
-    duration = float(audio.shape[0]) / sample_rate
-    result = SegmentAnalysis(duration_s=duration)
     plain = [t for t in prompts.SEGMENT_TASKS if t in tasks and t != "think"]
+    task_answers: dict[str, str] = {}
     if plain:
         answers = engine.generate([prompts.PROMPTS[t] for t in plain], audio=audio)
-        result.raw.update(zip(plain, answers, strict=True))
+        task_answers = dict(zip(plain, answers, strict=True))
 
-    if "transcribe" in result.raw:
-        result.transcript = [
-            Utterance(start=i.start, end=i.end, text=i.text)
-            for i in prompts.parse_transcript(result.raw["transcribe"], duration)
-        ]
-    if "caption" in result.raw:
-        result.caption = result.raw["caption"].strip()
-    if "events" in result.raw:
-        grounded = parse_grounding(result.raw["events"], duration)
-        result.grounding = grounded
-        result.events = [Event(start=e.start, end=e.end, label=e.label, raw=e.raw) for e in grounded.events]
-        result.events_dropped = grounded.dropped_count
-    if "summarize" in result.raw:
-        result.summary = result.raw["summarize"].strip()
-
-    think_questions = ([prompts.THINK_QUESTION] if "think" in tasks else []) + list(questions)
+    thinking = "think" in tasks
+    think_questions = ([prompts.THINK_QUESTION] if thinking else []) + list(questions)
+    question_answers: list[tuple[str, str]] = []
     if think_questions:
-        thinking = "think" in tasks
-        if thinking and not engine.has_think_adapter:
-            from earshot.af3.think import NO_ADAPTER_NOTE
-
-            result.notes.append(NO_ADAPTER_NOTE)
-        asked = [q if q == prompts.THINK_QUESTION else q + prompts.QUESTION_TIMES for q in think_questions]
-        answers = engine.generate(asked, audio=audio, think=thinking)
-        for q, a in zip(think_questions, answers, strict=True):
-            trace, answer = prompts.split_reasoning(a) if thinking else ("", a.strip())
-            result.reasoning.append(
-                Reasoning(
-                    question=q,
-                    thinking=trace,
-                    answer=answer,
-                    adapter=thinking and engine.has_think_adapter,
-                )
-            )
-            result.raw[f"q:{q}"] = a
-    return result
+        answers = engine.generate(question_prompts(think_questions), audio=audio, think=thinking)
+        question_answers = list(zip(think_questions, answers, strict=True))
+    return parse_answers(
+        duration_s=float(audio.shape[0]) / sample_rate,
+        task_answers=task_answers,
+        question_answers=question_answers,
+        thinking=thinking,
+        adapter=engine.has_think_adapter,
+    )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import pytest
 
 from earshot import prompts
-from earshot.analysis import analyze_audio
+from earshot.analysis import parse_answers, question_prompts
 from earshot.grounding import (
     TimelineEvent,
     absolutize_times,
@@ -17,7 +14,6 @@ from earshot.grounding import (
     parse_grounding,
     parse_time,
 )
-from earshot.speech import Speech
 
 # (answer line, expected (start, end, label) or None when it must be dropped/untimed)
 GOOD: list[tuple[str, tuple[float, float, str]]] = [
@@ -111,65 +107,32 @@ def test_times_and_kinds() -> None:
     assert event_kind("glass breaks") == "sound"
 
 
-class CannedEngine:
-    """Answers each prompt from a table: tests the analysis plumbing, not a model."""
-
-    name = "canned"
-    model_id = "canned"
-
-    def __init__(self, answers: dict[str, str], *, think: bool = False) -> None:
-        self.answers = answers
-        self._think = think
-        self.calls: list[tuple[list[str], bool]] = []
-
-    @property
-    def has_think_adapter(self) -> bool:
-        return self._think
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        audio: np.ndarray | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        think: bool = False,
-    ) -> list[str]:
-        self.calls.append((list(prompts), think))
-        return [next((a for k, a in self.answers.items() if p.startswith(k)), "") for p in prompts]
-
-    def speak(self, text: str) -> Speech:  # pragma: no cover - not used here
-        raise NotImplementedError
-
-
 def test_segment_analysis_gives_absolute_times_and_counts_drops() -> None:
-    engine = CannedEngine(
-        {
-            prompts.EVENTS: "[1.0 - 2.0] dog barks\n[5 - 3] broken\n[8.0 - 10.0] siren\n[30 - 40] too late",
-            "When does the alarm start?": "The alarm starts at 4 s and stops at 0:09.",
-        }
+    question = "When does the alarm start?"
+    # the custom question asks for clip-relative times, which makes the rewrite below sound
+    assert question_prompts([question]) == [question + prompts.QUESTION_TIMES]
+    seg = parse_answers(
+        duration_s=10.0,
+        task_answers={"events": "[1.0 - 2.0] dog barks\n[5 - 3] broken\n[8.0 - 10.0] siren\n[30 - 40] too late"},
+        question_answers=[(question, "The alarm starts at 4 s and stops at 0:09.")],
     )
-    audio = np.zeros(16000 * 10, dtype=np.float32)
-    seg = analyze_audio(engine, audio, tasks=["events"], questions=["When does the alarm start?"])
     assert seg.events_dropped == 2
     assert seg.grounding is not None and {d.reason for d in seg.grounding.dropped} == {"reversed", "out_of_range"}
     shifted = seg.shifted(600.0)
     assert [(e.start, e.end, e.label) for e in shifted.events] == [(601.0, 602.0, "dog barks"), (608.0, 610.0, "siren")]
     assert shifted.reasoning[0].answer == "The alarm starts at 604s and stops at 10:09."
-    assert "4 s" in shifted.raw["q:When does the alarm start?"]  # the model's words are kept
-    # the per-segment question asks for clip-relative times, which makes the rewrite sound
-    assert engine.calls[-1][0][0].endswith(prompts.QUESTION_TIMES)
-    assert shifted.reasoning[0].question == "When does the alarm start?"
+    assert "4 s" in shifted.raw[f"q:{question}"]  # the model's words are kept
+    assert shifted.reasoning[0].question == question
 
 
 def test_think_without_adapter_is_noted() -> None:
-    engine = CannedEngine({prompts.THINK_QUESTION: "<think>a dog</think>A dog barks."}, think=False)
-    seg = analyze_audio(engine, np.zeros(16000, dtype=np.float32), tasks=["think"])
+    answer = [(prompts.THINK_QUESTION, "<think>a dog</think>A dog barks.")]
+    seg = parse_answers(duration_s=1.0, task_answers={}, question_answers=answer, thinking=True, adapter=False)
     r = seg.reasoning[0]
     assert (r.thinking, r.answer, r.adapter) == ("a dog", "A dog barks.", False)
     assert seg.notes and "No think adapter" in seg.notes[0]
-    with_adapter = analyze_audio(
-        CannedEngine({prompts.THINK_QUESTION: "x"}, think=True), np.zeros(16000, dtype=np.float32), tasks=["think"]
+    with_adapter = parse_answers(
+        duration_s=1.0, task_answers={}, question_answers=answer, thinking=True, adapter=True
     )
     assert with_adapter.reasoning[0].adapter is True and with_adapter.notes == []
 

@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
+import kubernetes_validate as kv
 import pytest
 import yaml
-
-helm = pytest.importorskip("helm_python")
-kv = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_CHART = ROOT / "helm" / "earshot"
@@ -847,7 +846,7 @@ def test_training_scripts_configmap_carries_the_files_verbatim() -> None:
 
 def test_rendered_curriculum_is_accepted_by_the_training_runner() -> None:
     """The runner's own parser (earshot.training.config) reads what the chart renders."""
-    training_config = pytest.importorskip("earshot.training.config")
+    import earshot.training.config as training_config
     items = docs("training", "all-stages")
     text = one(items, "ConfigMap", f"{RELEASE}-earshot-training-curriculum")["data"]["curriculum.yaml"]
     curriculum = training_config.parse_curriculum(yaml.safe_load(text))
@@ -864,8 +863,9 @@ def test_rendered_curriculum_is_accepted_by_the_training_runner() -> None:
 
 def _earshot_cli_parser() -> Any:
     """Parse an `earshot ...` argument list with the real CLI, without running anything."""
-    typer = pytest.importorskip("typer")
-    cli = pytest.importorskip("services.cli.main")
+    import typer
+
+    import services.cli.main as cli
     root = typer.main.get_command(cli.app)
 
     def parse(args: list[str]) -> dict[str, Any]:
