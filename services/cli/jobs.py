@@ -88,17 +88,15 @@ def _run_one(job_id: str, label: str, progress: Progress) -> None:
             assert job is not None
             status, fraction = job.status, job.progress
         progress.update(bar, completed=fraction, description=f"{label} [{status}]")
-        if status in m.TERMINAL_STATUSES and not worker.is_alive():
+        alive = worker.is_alive()
+        # with a broker the workers finish the job; in eager mode this thread does
+        if status in m.TERMINAL_STATUSES and (settings.broker_url or not alive):
             break
-        if settings.broker_url and status in m.TERMINAL_STATUSES:
-            break
-        if not worker.is_alive() and errors:
+        # enqueueing failed, or the in-process run ended without a final status
+        if not alive and (errors or settings.broker_url is None):
+            reason = errors[0] if errors else RuntimeError("the job stopped before it finished")
             with session_scope() as s:
-                fail_job(s, job_id, errors[0])
-            break
-        if not worker.is_alive() and settings.broker_url is None and status not in m.TERMINAL_STATUSES:
-            with session_scope() as s:
-                fail_job(s, job_id, RuntimeError("the job stopped before it finished"))
+                fail_job(s, job_id, reason)
             break
         time.sleep(0.2)
 
