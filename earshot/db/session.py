@@ -1,4 +1,7 @@
-"""Engine and session factory, keyed by URL so tests can point at several databases."""
+"""SQLAlchemy engine and session factory, keyed by URL so tests can point at several databases.
+
+`db_engine` is the database connection pool; `earshot.engines.get_engine` is the inference engine.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from earshot.config import get_settings
 
 
 @lru_cache(maxsize=8)
-def get_engine(url: str | None = None) -> Engine:
+def db_engine(url: str | None = None) -> Engine:
     url = url or get_settings().database_url
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -36,7 +39,7 @@ def get_engine(url: str | None = None) -> Engine:
 
 @lru_cache(maxsize=8)
 def _factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return sessionmaker(bind=db_engine(url), expire_on_commit=False)
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
@@ -59,5 +62,5 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 def dispose_all() -> None:
     """Forget cached engines (after tests change EARSHOT_DATABASE_URL)."""
-    get_engine.cache_clear()
+    db_engine.cache_clear()
     _factory.cache_clear()

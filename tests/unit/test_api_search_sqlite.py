@@ -10,7 +10,7 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from earshot.db import migrate
-from earshot.db.session import dispose_all, get_engine, session_factory
+from earshot.db.session import db_engine, dispose_all, session_factory
 from earshot.search import search
 from tests.fixtures.api import seed_job
 
@@ -25,7 +25,7 @@ def session(tmp_path: Path) -> Iterator[Session]:
 
 
 def test_migration_on_sqlite_has_keys_and_no_postgres_parts(session: Session) -> None:
-    insp = inspect(get_engine(str(session.get_bind().url)))
+    insp = inspect(db_engine(str(session.get_bind().url)))
     assert "api_keys" in insp.get_table_names()
     assert "search_tsv" not in {c["name"] for c in insp.get_columns("utterances")}
 
