@@ -64,6 +64,12 @@ class Settings(BaseSettings):
 
     # API
     api_max_upload_bytes: int = 512 * 1024**2
+    api_max_json_bytes: int = 64 * 1024  # every JSON request body
+    # API-key lookups are cached per process this long: a revoked key works at most this much longer
+    api_key_cache_s: float = 5.0
+    api_statement_timeout_ms: int = 10_000  # PostgreSQL statement_timeout of API sessions
+    api_presign_default_s: int = 900
+    api_presign_max_s: int = Field(default=3600, le=3600)
 
     # Ingest: S3 events -> jobs (see docs/ingest.md). Lists are JSON in the environment.
     # Results of an ingested object go to s3://<bucket>/<ingest_output_prefix><key>.<ext>;
