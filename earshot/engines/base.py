@@ -1,19 +1,61 @@
 """The Engine interface: what the pipeline needs from any inference backend.
 
-Two primitives are enough for every task: generate text for prompts about one audio clip
-(or none), and speak a text. Prompt building and output parsing live in
+Two primitives are enough for every task: generate text for prompts about audio clips (or
+none), and speak a text. One ``generate`` call carries several audios (the speech chunks of
+a segment, or one segment) and several prompts, so an engine can encode each audio once and
+decode all prompts together. Every answer says why it stopped: an answer cut by its token
+limit must never pass for a whole one. Prompt building and output parsing live in
 ``earshot.analysis`` so that every engine returns identical results for identical text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from earshot.af3.chat import Turn
 from earshot.speech import Speech
+
+StopReason = Literal["eos", "length"]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One prompt of a call: the user text about one of the call's audios (or about none)."""
+
+    prompt: str
+    # index into the call's ``audios``; None: a text-only prompt
+    audio: int | None = None
+    # None: the engine's configured default
+    max_new_tokens: int | None = None
+    # append AF3's think suffix and apply the think adapter where one is loaded
+    think: bool = False
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer and how it ended."""
+
+    text: str
+    # "eos": the model ended the answer; "length": it hit max_new_tokens (the answer is cut)
+    stop: StopReason
+    # prompt tokens including the expanded audio tokens
+    prompt_tokens: int
+    # generated tokens, the end-of-turn token included when stop == "eos"
+    new_tokens: int
+    # the think adapter took part in this answer
+    adapter: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        return self.stop == "length"
+
+
+def texts(generations: Sequence[Generation]) -> list[str]:
+    return [g.text for g in generations]
 
 
 @runtime_checkable
@@ -28,17 +70,17 @@ class Engine(Protocol):
 
     def generate(
         self,
-        prompts: Sequence[str],
+        asks: Sequence[Ask],
         *,
-        audio: np.ndarray | None = None,
-        max_new_tokens: int | None = None,
+        audios: Sequence[np.ndarray] = (),
         temperature: float = 0.0,
-        think: bool = False,
-    ) -> list[str]:
-        """Answer each user prompt about ``audio`` (16 kHz mono, <= 600 s) or about nothing.
+    ) -> list[Generation]:
+        """Answer every ask; answers come back in ask order.
 
-        The audio is encoded once for all prompts. ``think`` appends AF3's think suffix and
-        switches the think adapter on where one is loaded.
+        ``audios`` are 16 kHz mono float32 clips, each <= 600 s; each is encoded once however
+        many asks refer to it. An ask's prompt is rendered with the checkpoint's own chat
+        template as one user turn holding one ``<sound>`` (the base AF3 hears one sound per
+        prompt). An ask whose ``audio`` index is out of range is an ``InputError``.
         """
         ...
 
@@ -50,18 +92,15 @@ class Engine(Protocol):
         think: bool = False,
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
-    ) -> str:
-        """Answer the last turn of a multi-turn, multi-audio conversation; returns the raw text.
+    ) -> Generation:
+        """Answer the last turn of a conversation; the text is returned as generated.
 
-        ``turns`` is the whole conversation in order and ends with a user turn. A user turn's
-        ``audio`` is how many clips it attaches; ``clips`` holds them all in conversation
-        order (16 kHz mono float32, each <= 600 s), so ``sum(t.audio for t in turns) ==
-        len(clips)`` (else ``InputError`` code ``prompt_audio_mismatch``). The prompt is
-        ``earshot.af3.chat.chatml(turns, think=think)``: each clip is encoded on its own and
-        its embeddings fill the run of audio tokens of its own ``<sound>`` placeholder, so a
-        later turn can refer back to audio attached earlier. ``think`` appends AF3's think
-        suffix to the last user turn and switches the think adapter on where one is loaded.
-        The text is returned as generated (a thinking trace included): callers split it.
+        ``turns`` is the whole conversation in order and ends with a user turn. The base AF3
+        hears one sound per prompt, so at most one clip: ``len(clips) <= 1`` and
+        ``sum(t.audio for t in turns) == len(clips)`` (else ``InputError`` code
+        ``prompt_audio_mismatch``). ``earshot.chat`` joins a conversation's clips into one
+        audio before it calls this. ``think`` appends AF3's think suffix to the last user turn
+        and applies the think adapter where one is loaded; callers split the thought.
         """
         ...
 
@@ -74,7 +113,7 @@ class Engine(Protocol):
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
     ) -> Iterator[str]:
-        """:meth:`chat`, yielding text pieces as they are generated; joined, they equal its result."""
+        """:meth:`chat`, yielding text pieces as they are generated; joined, they equal its text."""
         ...
 
     def speak(self, text: str) -> Speech: ...
