@@ -37,10 +37,20 @@ MIN_ROOM_CHARS = 400
 _ELLIPSIS = "…"
 
 
+@dataclass(frozen=True)
+class Passage:
+    """A stretch of the recording and the text that stands for it: a segment's summary, a
+    segment's answer to a question, or a section reduced from several of those."""
+
+    start: float
+    end: float
+    text: str
+
+
 @dataclass
 class ReduceResult:
     summary: str
-    sections: list[Chapter]
+    sections: list[Passage]
     calls: int
     prompt_chars: list[int] = field(default_factory=list)
 
@@ -50,7 +60,7 @@ class RecordingSummary:
     """What a long recording reduces to: one summary, titled chapters, the call accounting."""
 
     summary: str
-    sections: list[Chapter]
+    sections: list[Passage]
     chapters: list[Chapter]
     calls: int
     prompt_chars: list[int] = field(default_factory=list)
@@ -89,9 +99,9 @@ def clip_text(text: str, max_chars: int) -> str:
     return cut.rstrip(",;:") + _ELLIPSIS
 
 
-def _line(part: Chapter, max_chars: int) -> str:
+def _line(part: Passage, max_chars: int) -> str:
     head = f"[{format_time(part.start, clock=True)} - {format_time(part.end, clock=True)}] "
-    return head + clip_text(part.summary, max(1, max_chars - len(head)))
+    return head + clip_text(part.text, max(1, max_chars - len(head)))
 
 
 def _room(template: str, budget_chars: int) -> int:
@@ -104,10 +114,10 @@ def _room(template: str, budget_chars: int) -> int:
     return room
 
 
-def group_parts(parts: Sequence[Chapter], budget_chars: int, *, child_cap: int | None = None) -> list[list[Chapter]]:
+def group_parts(parts: Sequence[Passage], budget_chars: int, *, child_cap: int | None = None) -> list[list[Passage]]:
     """Consecutive groups whose rendered lines (each clipped to ``child_cap``) fit the budget."""
     cap = child_cap if child_cap is not None else max(1, budget_chars // MIN_FANIN)
-    groups: list[list[Chapter]] = []
+    groups: list[list[Passage]] = []
     size = 0
     for part in parts:
         cost = len(_line(part, cap)) + 1  # the newline that joins it
@@ -120,46 +130,46 @@ def group_parts(parts: Sequence[Chapter], budget_chars: int, *, child_cap: int |
     return groups
 
 
-def _render(parts: Sequence[Chapter], room: int, cap: int) -> str:
+def _render(parts: Sequence[Passage], room: int, cap: int) -> str:
     return "\n".join(_line(p, cap) for p in parts)[:room]
 
 
 def _reduce_level(
-    level: list[Chapter], calls: _Calls, template: str, room: int, cap: int
-) -> list[Chapter]:
-    nxt: list[Chapter] = []
+    level: list[Passage], calls: _Calls, template: str, room: int, cap: int
+) -> list[Passage]:
+    nxt: list[Passage] = []
     for group in group_parts(level, room, child_cap=cap):
         if len(group) == 1:
             nxt.append(group[0])
             continue
         rendered = _render(group, room, cap)
         text = calls(template.format(parts=rendered)) or _fallback(group, cap)
-        nxt.append(Chapter(start=group[0].start, end=group[-1].end, title="", summary=text))
+        nxt.append(Passage(start=group[0].start, end=group[-1].end, text=text))
     return nxt
 
 
-def _fallback(group: Sequence[Chapter], cap: int) -> str:
+def _fallback(group: Sequence[Passage], cap: int) -> str:
     """The model returned nothing: keep the children's own words rather than lose them."""
     log.warning("empty reduce answer; keeping the children's text")
-    return clip_text(" ".join(p.summary for p in group), cap)
+    return clip_text(" ".join(p.text for p in group), cap)
 
 
-def _reduce(parts: Sequence[Chapter], calls: _Calls, *, template: str) -> tuple[str, list[Chapter]]:
-    level = [p for p in parts if p.summary.strip()]
+def _reduce(parts: Sequence[Passage], calls: _Calls, *, template: str) -> tuple[str, list[Passage]]:
+    level = [p for p in parts if p.text.strip()]
     if not level:
         return "", []
     room = _room(template, calls.budget_chars)
     cap = max(1, room // MIN_FANIN - 1)
-    sections: list[Chapter] = []
+    sections: list[Passage] = []
     while len(level) > 1:
         level = _reduce_level(level, calls, template, room, cap)
         if not sections:
             sections = list(level)
-    return level[0].summary, sections
+    return level[0].text, sections
 
 
 def reduce_summaries(
-    parts: Sequence[Chapter],
+    parts: Sequence[Passage],
     complete: Callable[[str], str],
     *,
     budget_chars: int,
@@ -183,8 +193,8 @@ def chapter_count(duration_s: float, n_parts: int, *, target_s: float, max_chapt
 
 
 def plan_chapters(
-    parts: Sequence[Chapter], *, duration_s: float, target_s: float, max_chapters: int
-) -> list[list[Chapter]]:
+    parts: Sequence[Passage], *, duration_s: float, target_s: float, max_chapters: int
+) -> list[list[Passage]]:
     """Split ordered parts into contiguous groups of about equal duration (chapter bodies)."""
     n = chapter_count(duration_s, len(parts), target_s=target_s, max_chapters=max_chapters)
     if n == 0:
@@ -204,7 +214,7 @@ def plan_chapters(
 
 
 def summarize_recording(
-    parts: Sequence[Chapter],
+    parts: Sequence[Passage],
     complete: Callable[[str], str],
     *,
     duration_s: float,
@@ -218,21 +228,21 @@ def summarize_recording(
     ``max_chapters``), then the reduce calls over the chapter summaries.
     """
     calls = _Calls(complete, budget_chars)
-    usable = [p for p in parts if p.summary.strip()]
+    usable = [p for p in parts if p.text.strip()]
     if not usable:
         return RecordingSummary(summary="", sections=[], chapters=[], calls=0)
     title_room = budget_chars - len(prompts.CHAPTER_TITLE.format(text=""))
     if title_room < MIN_ROOM_CHARS:
         raise ValueError(f"a budget of {budget_chars} chars is too small for a chapter title prompt")
 
-    sections: list[Chapter] = []
+    sections: list[Passage] = []
     chapters: list[Chapter] = []
     groups = plan_chapters(usable, duration_s=duration_s, target_s=chapter_target_s, max_chapters=max_chapters)
     for k, group in enumerate(groups):
         body, _ = _reduce(group, calls, template=prompts.REDUCE)
         start = 0.0 if k == 0 else group[0].start
         end = duration_s if k == len(groups) - 1 and duration_s > 0 else group[-1].end
-        sections.append(Chapter(start=start, end=end, title="", summary=body))
+        sections.append(Passage(start=start, end=end, text=body))
         title = prompts.clean_title(calls(prompts.CHAPTER_TITLE.format(text=clip_text(body, title_room))))
         chapters.append(Chapter(start=start, end=end, title=title or f"Part {k + 1}", summary=body))
 

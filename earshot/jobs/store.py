@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from earshot.analysis import SegmentAnalysis
 from earshot.db import models as m
+from earshot.reduce import Passage
 from earshot.results import Chapter
 
 
@@ -85,7 +86,7 @@ def save_file_summary(
     job_id: str,
     summary: str,
     duration_s: float,
-    sections: Sequence[Chapter] = (),
+    sections: Sequence[Passage] = (),
     chapters: Sequence[Chapter] = (),
 ) -> None:
     session.execute(
@@ -94,13 +95,16 @@ def save_file_summary(
         )
     )
     session.add(m.Summary(job_id=job_id, level="file", idx=0, start_s=0.0, end_s=duration_s, text=summary))
-    for level, items in (("section", sections), ("chapter", chapters)):
-        session.add_all(
-            m.Summary(
-                job_id=job_id, level=level, idx=i, start_s=c.start, end_s=c.end, title=c.title, text=c.summary
-            )
-            for i, c in enumerate(items)
+    session.add_all(
+        m.Summary(job_id=job_id, level="section", idx=i, start_s=p.start, end_s=p.end, text=p.text)
+        for i, p in enumerate(sections)
+    )
+    session.add_all(
+        m.Summary(
+            job_id=job_id, level="chapter", idx=i, start_s=c.start, end_s=c.end, title=c.title, text=c.summary
         )
+        for i, c in enumerate(chapters)
+    )
 
 
 def save_file_reasoning(session: Session, *, job_id: str, items: Sequence[tuple[str, str]]) -> None:

@@ -17,8 +17,7 @@ from earshot.engines.base import Engine
 from earshot.jobs.report import build_report
 from earshot.jobs.store import merge_cut_events, save_file_reasoning, save_file_summary, save_speech
 from earshot.pipeline.prepare import scratch_prefix
-from earshot.reduce import reduce_summaries, summarize_recording
-from earshot.results import Chapter
+from earshot.reduce import Passage, reduce_summaries, summarize_recording
 
 log = logging.getLogger("earshot.finalize")
 EXPORT_FORMATS = ("json", "srt", "vtt", "md")
@@ -46,7 +45,7 @@ def finalize_job(job_id: str, engine: Engine, settings: Settings) -> bool:
         tasks, questions = list(job.tasks), list(job.questions)
         duration = job.segments[-1].end_s
         parts = [
-            Chapter(start=r.start_s, end=r.end_s, title="", summary=r.text)
+            Passage(start=r.start_s, end=r.end_s, text=r.text)
             for r in s.scalars(
                 select(m.Summary)
                 .where(m.Summary.job_id == job_id, m.Summary.level == "segment")
@@ -116,11 +115,10 @@ def finalize_job(job_id: str, engine: Engine, settings: Settings) -> bool:
     file_answers: list[tuple[str, str]] = []
     for q in questions:
         q_parts = [
-            Chapter(
+            Passage(
                 start=segment_spans[a.segment_index][0],
                 end=segment_spans[a.segment_index][1],
-                title="",
-                summary=a.answer,
+                text=a.answer,
             )
             for a in answers
             if a.question == q and a.segment_index in segment_spans

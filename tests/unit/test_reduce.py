@@ -10,6 +10,7 @@ import pytest
 
 from earshot import prompts
 from earshot.reduce import (
+    Passage,
     call_bound,
     chapter_count,
     clip_text,
@@ -17,7 +18,6 @@ from earshot.reduce import (
     reduce_summaries,
     summarize_recording,
 )
-from earshot.results import Chapter
 
 THREE_HOURS = 3 * 3600.0
 
@@ -37,13 +37,13 @@ class CountingLLM:
         return (f"summary {n} " + "lorem ipsum dolor sit amet " * 100)[: self.answer_chars]
 
 
-def segment_parts(duration_s: float, segment_s: float, summary_chars: int) -> list[Chapter]:
+def segment_parts(duration_s: float, segment_s: float, summary_chars: int) -> list[Passage]:
     parts = []
     start = 0.0
     i = 0
     while start < duration_s:
         end = min(duration_s, start + segment_s)
-        parts.append(Chapter(start=start, end=end, title="", summary=(f"segment {i} " + "word " * 2000)[:summary_chars]))
+        parts.append(Passage(start=start, end=end, text=(f"segment {i} " + "word " * 2000)[:summary_chars]))
         start, i = end, i + 1
     return parts
 
@@ -80,7 +80,7 @@ def test_three_hours_bounded_calls_within_budget(segment_s: float, summary_chars
     assert all(c.title.startswith("Topic number") for c in out.chapters)
     assert all(c.summary for c in out.chapters)
     # sections are the chapters' bodies (the middle level of the tree)
-    assert [(s.start, s.end, s.summary) for s in out.sections] == [(c.start, c.end, c.summary) for c in out.chapters]
+    assert [(s.start, s.end, s.text) for s in out.sections] == [(c.start, c.end, c.summary) for c in out.chapters]
 
 
 def test_the_summary_is_the_final_reduce_answer() -> None:
@@ -101,7 +101,7 @@ def test_chapter_titles_are_bounded_in_number() -> None:
 
 
 def test_short_recording_one_chapter_no_reduce_call() -> None:
-    parts = [Chapter(start=0.0, end=95.0, title="", summary="A short talk about bees.")]
+    parts = [Passage(start=0.0, end=95.0, text="A short talk about bees.")]
     llm = CountingLLM()
     out = summarize_recording(parts, llm, duration_s=95.0, budget_chars=12000)
     assert out.summary == "A short talk about bees."
@@ -117,7 +117,7 @@ def test_empty_answers_fall_back_to_the_children() -> None:
 
 
 def test_nothing_to_reduce() -> None:
-    out = summarize_recording([Chapter(start=0, end=5, title="", summary=" ")], CountingLLM(), duration_s=5, budget_chars=5000)
+    out = summarize_recording([Passage(start=0, end=5, text=" ")], CountingLLM(), duration_s=5, budget_chars=5000)
     assert (out.summary, out.chapters, out.calls) == ("", [], 0)
 
 
