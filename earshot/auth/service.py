@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from earshot.auth.models import ApiKey
 from earshot.db.base import utcnow
 from earshot.errors import InputError
+from earshot.tenants.models import DEFAULT_TENANT
+from earshot.tenants.service import require_tenant
 
 SCOPES: tuple[str, ...] = ("read", "submit", "admin")
 TOKEN_PREFIX = "ek_"
@@ -54,25 +56,33 @@ def scope_allows(granted: Sequence[str], needed: str) -> bool:
     return needed in granted or "admin" in granted
 
 
-def create_key(session: Session, *, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
-    """Store a new key; returns (row, token). The token is not recoverable afterwards."""
+def create_key(
+    session: Session, *, name: str, scopes: Iterable[str], tenant_id: str = DEFAULT_TENANT
+) -> tuple[ApiKey, str]:
+    """Store a new key of ``tenant_id``; returns (row, token). The token is shown only now."""
     name = name.strip()
     if not name:
         raise InputError("a key needs a name", code="no_name")
+    require_tenant(session, tenant_id)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         name=name[:200],
         prefix=token[:DISPLAY_PREFIX_LEN],
         key_hash=hash_token(token),
         scopes=normalize_scopes(scopes),
+        tenant_id=tenant_id,
     )
     session.add(key)
     session.flush()
     return key, token
 
 
-def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]:
+def list_keys(
+    session: Session, *, include_revoked: bool = True, tenant_id: str | None = None
+) -> list[ApiKey]:
     q = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id)
+    if tenant_id is not None:
+        q = q.where(ApiKey.tenant_id == tenant_id)
     if not include_revoked:
         q = q.where(ApiKey.revoked_at.is_(None))
     return list(session.scalars(q))

@@ -16,6 +16,7 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from earshot.db.base import Base, new_id, utcnow
+from earshot.tenants.models import DEFAULT_TENANT
 
 
 class Conversation(Base):
@@ -23,6 +24,10 @@ class Conversation(Base):
     __table_args__ = (Index("ix_conversations_updated", "updated_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    # the owner (migration 0006_tenants): another tenant's conversation answers 404
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id"), index=True, default=DEFAULT_TENANT, server_default=DEFAULT_TENANT
+    )
     title: Mapped[str | None] = mapped_column(Text)
     turn_count: Mapped[int] = mapped_column(Integer, default=0)
     clip_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from earshot.db.base import Base, new_id, utcnow
+from earshot.tenants.models import DEFAULT_TENANT
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -46,7 +47,12 @@ class AudioFile(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),
+        # an Idempotency-Key belongs to its tenant: another tenant's same string is another job
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     audio_file_id: Mapped[str] = mapped_column(ForeignKey("audio_files.id", ondelete="CASCADE"))
@@ -62,7 +68,12 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     segment_count: Mapped[int | None] = mapped_column(Integer)
-    idempotency_key: Mapped[str] = mapped_column(String(512), unique=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id"), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT
+    )
+    idempotency_key: Mapped[str] = mapped_column(String(512))
+    # SHA-256 of the request that created the job: a reused key with another body is a 409
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     output_prefix: Mapped[str | None] = mapped_column(Text)
     callback_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
