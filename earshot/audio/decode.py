@@ -7,6 +7,10 @@ the length of the input.
 Failure codes (``AudioError.code``): ``empty_file``, ``not_audio``, ``corrupt_audio``,
 ``zero_duration`` and ``too_long``. Each message is written for a person reading a failed
 job, not for a developer.
+
+Only audio containers are opened (:data:`ALLOWED_DEMUXERS`), only through FFmpeg's ``file``
+protocol: a playlist (HLS ``.m3u8``), a concat list or any other container that names further
+inputs would make FFmpeg read files or URLs chosen by whoever uploaded it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+
+# FFmpeg demuxer names (matched against e.g. "matroska,webm" and "mov,mp4,m4a,3gp,3g2,mj2").
+# Never: hls, concat, image2, tee, data URIs or anything else that reads further inputs.
+ALLOWED_DEMUXERS: tuple[str, ...] = (
+    "wav", "w64", "mp3", "flac", "ogg", "matroska", "mov", "aiff", "aac", "asf",
+    "amr", "amrnb", "amrwb", "caf", "au", "wv",
+)
+_OPEN_OPTIONS = {
+    "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+    "protocol_whitelist": "file",
+}
 
 # Bad packets are skipped like the ffmpeg CLI does: one damaged frame in a long recording
 # should not lose the whole file. But every skipped packet shifts all later audio earlier,
@@ -157,8 +172,11 @@ def decode_all(
 
 def _open(path: Path) -> av.container.InputContainer:
     try:
+        # An absolute path: "concat:a|b" or "http:x" must never be read as a protocol.
         # Tags in legacy encodings must not make a valid recording unreadable.
-        return av.open(str(path), mode="r", metadata_errors="replace")
+        container = av.open(
+            str(path.absolute()), mode="r", metadata_errors="replace", options=dict(_OPEN_OPTIONS)
+        )
     except av.error.FFmpegError as exc:
         kind = _sniff(path)
         if kind is not None:
@@ -172,6 +190,13 @@ def _open(path: Path) -> av.container.InputContainer:
         raise AudioError(
             f"not an audio file: ffmpeg could not read it ({_reason(exc)})", code="not_audio"
         ) from exc
+    names = set(container.format.name.split(","))
+    if not names & set(ALLOWED_DEMUXERS):  # the whitelist is FFmpeg's; this is a second lock
+        container.close()
+        raise AudioError(
+            f"not an audio file: {container.format.name} containers are not accepted", code="not_audio"
+        )
+    return container
 
 
 def _sniff(path: Path) -> str | None:

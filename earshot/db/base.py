@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 from sqlalchemy import DateTime, MetaData
 from sqlalchemy.orm import DeclarativeBase
 
+from earshot.sanitize import install_text_guard
+
 # Explicit constraint names keep Alembic migrations identical on PostgreSQL and SQLite.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -22,6 +24,10 @@ NAMING = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True)}
+
+
+# model output can hold NUL or lone surrogates, which PostgreSQL refuses: rows are cleaned
+install_text_guard(Base)
 
 
 def utcnow() -> datetime:
