@@ -34,8 +34,17 @@ class Settings(BaseSettings):
     model_cache_dir: str = str(HOME / "cache" / "models")
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_new_tokens: int = 256
-    summary_max_new_tokens: int = 256
+    # hard cap on every answer (the converter's generation_config uses 2048, greedy); each
+    # task's own budget follows its audio (docs/transcription.md) and never exceeds this
+    max_new_tokens: int = 2048
+    summary_max_new_tokens: int = 512
+    budget_min_tokens: int = 32
+    budget_speech_tokens_per_s: float = 6.0  # transcripts: ~2.5 words/s of speech, 2x margin
+    budget_audio_tokens_per_s: float = 1.0  # events, summaries, answers: per second of clip
+    # transcription chunks: silero-vad speech, merged into chunks (docs/transcription.md)
+    vad_threshold: float = 0.5
+    vad_max_chunk_s: float = 30.0
+    vad_max_gap_s: float = 3.0
     # characters of child summaries per reduce call; keeps each call inside the LLM context
     reduce_budget_chars: int = 12000
     # chapters of the file summary: about one per chapter_target_s of audio, at most

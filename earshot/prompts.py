@@ -1,22 +1,19 @@
-"""Task prompts and the parsers of model output.
+"""Task prompts and the parsers of model output that are not about time.
 
-Timestamps from AF3 are generated text, not alignment: every parser here tolerates garbage,
-keeps the raw text, and validates times against the segment's length.
+Timed answers (events) are parsed in one place, ``earshot.grounding``. Every parser here
+tolerates garbage and never raises: the raw text is always kept next to what it gave.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 TASKS = ("transcribe", "caption", "events", "summarize", "think", "speak")
 # Tasks answered per segment by the model; "speak" is done once per file at the end.
 SEGMENT_TASKS = ("transcribe", "caption", "events", "summarize", "think")
 
-TRANSCRIBE = (
-    "Transcribe the input speech. Put each sentence on its own line, starting with its start "
-    "and end time in seconds, like: [12.0 - 15.5] sentence."
-)
+# AF3's trained ASR prompt; asked once per speech chunk of at most 30 s (earshot.audio.vad).
+TRANSCRIBE = "Transcribe the input speech."
 CAPTION = "Describe the audio in one sentence."
 EVENTS = (
     "List every event in the audio with its time: sound events (alarms, sirens, animals, "
@@ -50,86 +47,26 @@ PROMPTS = {
     "think": THINK_QUESTION,
 }
 
-# A time is seconds ("12", "12.5", "12.5s") or a clock ("1:02", "01:02:03.5").
-_TIME = r"(\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?|\d+(?:\.\d+)?)\s*(?:s|sec|secs|seconds)?"
-_SEP = r"\s*(?:-|–|—|to|-->|~|,)\s*"
-_RANGE = re.compile(
-    r"^\s*(?:[-*•]\s*)?(?:from\s+)?[\[(]?\s*" + _TIME + _SEP + _TIME + r"\s*[\])]?\s*[:,.\-–]?\s*(.*)$",
-    re.IGNORECASE,
+# AF3's ASR answers are framed ("The spoken content of the audio is \"...\"."); transformers'
+# processor strips these framings when decoding a transcription.
+_TRANSCRIPT_FRAMES = (
+    "The spoken content of the audio is",
+    "The transcription of the audio is",
+    "The content of the input audio is",
 )
-_TOLERANCE_S = 0.5
 
 
-def parse_time(text: str) -> float:
-    """Seconds from '12.5', '1:02' or '01:02:03.5'."""
-    parts = text.split(":")
-    value = 0.0
-    for part in parts:
-        value = value * 60 + float(part)
-    return value
-
-
-@dataclass
-class TimedLine:
-    start: float
-    end: float
-    text: str
-    raw: str
-
-
-@dataclass
-class TimedParse:
-    items: list[TimedLine] = field(default_factory=list)
-    dropped: int = 0
-    untimed: list[str] = field(default_factory=list)
-
-
-def parse_timed_lines(text: str, duration_s: float) -> TimedParse:
-    """Lines like '[3.0 - 7.5] siren'. Reversed or out-of-range times are dropped and counted."""
-    result = TimedParse()
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        m = _RANGE.match(line)
-        if not m:
-            result.untimed.append(line)
-            continue
-        try:
-            start, end = parse_time(m.group(1)), parse_time(m.group(2))
-        except ValueError:
-            result.dropped += 1
-            continue
-        label = m.group(3).strip().strip("\"'").strip()
-        if end < start or start < 0 or start > duration_s + _TOLERANCE_S or end > duration_s + _TOLERANCE_S:
-            result.dropped += 1
-            continue
-        result.items.append(
-            TimedLine(start=start, end=min(end, duration_s), text=label, raw=line)
-        )
-    return result
-
-
-def parse_transcript(text: str, duration_s: float) -> list[TimedLine]:
-    """Timed lines when the model gave them; otherwise the whole answer spans the segment."""
-    parsed = parse_timed_lines(text, duration_s)
-    items = [i for i in parsed.items if i.text]
-    if items:
-        return items
-    whole = " ".join(text.split())
-    return [TimedLine(start=0.0, end=duration_s, text=whole, raw=text)] if whole else []
-
-
-def parse_events(text: str, duration_s: float) -> TimedParse:
-    """Grounded events (see ``earshot.grounding``) in the older TimedParse shape."""
-    from earshot.grounding import parse_grounding
-
-    grounded = parse_grounding(text, duration_s)
-    return TimedParse(
-        items=[TimedLine(start=e.start, end=e.end, text=e.label, raw=e.raw) for e in grounded.events],
-        dropped=grounded.dropped_count,
-        untimed=grounded.untimed,
-    )
+def strip_transcript(text: str) -> str:
+    """The words of an ASR answer without AF3's framing sentence and quotes."""
+    words = text.strip()
+    for frame in _TRANSCRIPT_FRAMES:
+        if words.startswith(frame):
+            words = words[len(frame) :].strip()
+            break
+    words = words.removesuffix(".").strip()
+    if len(words) >= 2 and words[0] == words[-1] and words[0] in "\"'":
+        words = words[1:-1].strip()
+    return words
 
 
 _TITLE_PREFIX = re.compile(r"^\s*(?:title|chapter(?:\s+\d+)?|part(?:\s+\d+)?)\s*[:\-–]\s*", re.IGNORECASE)
@@ -158,14 +95,19 @@ _ANSWER_MARK = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 _REASONING_LABEL = re.compile(r"^\s*(?:reasoning|thinking|thoughts?)\s*[:\-]\s*", re.IGNORECASE)
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+# A sentence ends at . ! or ? followed by space; decimals ("12.5 s") do not end one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
-    """(thinking, answer) from AF3 thinking-mode output; never raises.
+    """(thought, answer) from AF3 thinking-mode output; never raises.
 
-    Accepts '<think>..</think> answer', a '<think>' cut off by the token limit (all of it is
-    thinking, the answer is empty), and '... Answer: ...' / 'Final answer: ...' markers.
-    Anything else is all answer: ('', text).
+    AF-Think answers are a short thought followed by the answer, without tags. The answer
+    is the last paragraph when there are several, else the last sentence; a one-sentence
+    reply is all answer. Explicit "Answer:" markers and the ``<think>..</think>`` tags of
+    later model families (a ``<think>`` cut off by the token limit is all thought) are
+    honoured first.
     """
     m = _THINK_TAGS.search(text)
     if m:
@@ -176,4 +118,11 @@ def split_reasoning(text: str) -> tuple[str, str]:
     m = _ANSWER_MARK.match(text)
     if m and m.group(1).strip():
         return _REASONING_LABEL.sub("", m.group(1).strip()), m.group(2).strip()
-    return "", text.strip()
+    body = text.strip()
+    paragraphs = [p.strip() for p in _PARAGRAPHS.split(body) if p.strip()]
+    if len(paragraphs) > 1:
+        return "\n\n".join(paragraphs[:-1]), paragraphs[-1]
+    sentences = _SENTENCE_END.split(body)
+    if len(sentences) > 1:
+        return " ".join(sentences[:-1]).strip(), sentences[-1].strip()
+    return "", body

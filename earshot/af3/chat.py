@@ -1,23 +1,19 @@
-"""ChatML prompt assembly shared by the local engine, the Triton models and training."""
+"""Prompt assembly shared by the local engine, the Triton models and training.
+
+Prompts are rendered with the checkpoint's own chat template (``tokenizer.apply_chat_template``),
+never a second hand-written copy: the real AF3 template adds a default system turn and places
+``<sound>`` before the text, and any drift from it puts every prompt off the training
+distribution.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 SOUND_TOKEN = "<sound>"
 THINK_SUFFIX = "Please think and reason about the input audio before you respond."
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'audio' %}{{ '<sound>' }}{% elif part['type'] == 'text' %}"
-    "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -34,21 +30,28 @@ def with_think_suffix(text: str) -> str:
     return f"{text.rstrip()} {THINK_SUFFIX}"
 
 
-def chatml(turns: Sequence[Turn], *, think: bool = False) -> str:
-    """Render turns as ChatML with one ``<sound>`` per referenced clip, ready for generation.
-
-    The think suffix goes on the last user turn: that is where AF3 was trained to see it.
-    """
+def messages(turns: Sequence[Turn], *, think: bool = False) -> list[dict[str, Any]]:
+    """Turns as chat-template messages; the think suffix goes on the last user turn,
+    where AF3 was trained to see it."""
     last_user = max((i for i, t in enumerate(turns) if t.role == "user"), default=-1)
-    parts: list[str] = []
+    out: list[dict[str, Any]] = []
     for i, turn in enumerate(turns):
-        text = turn.text
-        if think and i == last_user:
-            text = with_think_suffix(text)
-        parts.append(f"<|im_start|>{turn.role}\n{SOUND_TOKEN * turn.audio}{text}<|im_end|>\n")
-    parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
+        text = with_think_suffix(turn.text) if think and i == last_user else turn.text
+        if turn.audio:
+            content: Any = [{"type": "audio"}] * turn.audio + [{"type": "text", "text": text}]
+        else:
+            content = text
+        out.append({"role": turn.role, "content": content})
+    return out
 
 
-def single_turn(text: str, *, n_audio: int = 1, think: bool = False) -> str:
-    return chatml([Turn("user", text, audio=n_audio)], think=think)
+def render(tokenizer: Any, turns: Sequence[Turn], *, think: bool = False) -> str:
+    """The prompt text the checkpoint's template makes of ``turns``, ready for generation."""
+    text = tokenizer.apply_chat_template(
+        messages(turns, think=think), tokenize=False, add_generation_prompt=True
+    )
+    return str(text)
+
+
+def single_turn(tokenizer: Any, text: str, *, n_audio: int = 1, think: bool = False) -> str:
+    return render(tokenizer, [Turn("user", text, audio=n_audio)], think=think)

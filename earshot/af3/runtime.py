@@ -3,19 +3,28 @@
 The split is the contract between the local engine and the Triton models (af_whisper,
 af3_llm): scattering encoder output into the ``<sound>`` positions and calling ``generate``
 with ``inputs_embeds`` is token-identical to the fused call.
+
+Generation is batched: any number of prompts, each with its own audio and token limit, go
+through one ``generate`` with left padding, and each row stops on its own (end of turn or
+its own limit). Rows with and without the think adapter run as separate batches; a mode
+gate lets any number of same-mode batches run at once and only waits at a mode switch, so
+there is no process-wide generation lock.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from earshot.af3.chat import SOUND_TOKEN
+from earshot.af3 import think as think_adapter
+from earshot.af3.chat import SOUND_TOKEN, Turn, render
+from earshot.af3.generation import Generation
 from earshot.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -27,11 +36,17 @@ MAX_WINDOWS = 20
 TOKENS_PER_WINDOW = 750
 
 
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    new_tokens: int
+__all__ = ["AF3Runtime", "Generation", "ModeGate", "Row"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One prompt of a batch: rendered template text, one embedding tensor per ``<sound>``."""
+
+    prompt: str
+    audio_embeds: Sequence[torch.Tensor] = ()
+    max_new_tokens: int = 256
+    think: bool = False
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -109,6 +124,58 @@ def expand_sound_tokens(ids: Sequence[int], sound_id: int, clips: Sequence[int])
     return expanded
 
 
+class ModeGate:
+    """Many holders of one mode at a time; a holder of the other mode waits until they leave.
+
+    The first holder of a mode switches the model into it. A waiter of the other mode stops
+    new arrivals of the current mode from joining, so neither mode starves.
+    """
+
+    def __init__(self, switch: Callable[[bool], None]) -> None:
+        self._switch = switch
+        self._cond = threading.Condition()
+        self._mode = False
+        self._holders = 0
+        self._waiting = {False: 0, True: 0}
+
+    @contextmanager
+    def hold(self, mode: bool) -> Iterator[None]:
+        with self._cond:
+            self._waiting[mode] += 1
+            while not (
+                self._holders == 0 or (self._mode == mode and self._waiting[not mode] == 0)
+            ):
+                self._cond.wait()
+            self._waiting[mode] -= 1
+            if self._mode != mode:
+                self._switch(mode)
+                self._mode = mode
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holders -= 1
+                self._cond.notify_all()
+
+
+class _RowLimits:
+    """Stopping criterion: each row ends at its own ``max_new_tokens``."""
+
+    def __init__(self, limits: Sequence[int]) -> None:
+        self.limits = limits
+        self._offset: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        if self._offset is None:  # first call: one token has been generated
+            self._offset = int(input_ids.shape[1]) - 1
+        done = int(input_ids.shape[1]) - self._offset
+        limits = torch.tensor(self.limits, device=input_ids.device)
+        return done >= limits
+
+
 class AF3Runtime:
     """A loaded AF3 checkpoint (model + processor) and the two inference stages."""
 
@@ -120,11 +187,13 @@ class AF3Runtime:
         self.device = device
         self.sound_id: int = int(model.config.audio_token_id)
         self.eos_ids = self._eos_ids()
-        # generate() and adapter switching are not re-entrant on one model
-        self.lock = threading.RLock()
-        self.think_loaded = False
+        self.pad_id = self._pad_id()
+        self.think: think_adapter.ThinkWeights | None = None
         # why a think/ adapter present in the checkpoint is not used (None when it is, or absent)
         self.think_error: str | None = None
+        self.gate = ModeGate(self._switch_think)
+        # extra generate() arguments for every call (e.g. a static cache for compiled decoding)
+        self.decode_kwargs: dict[str, Any] = {}
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "auto", dtype: str = "auto") -> AF3Runtime:
@@ -144,11 +213,29 @@ class AF3Runtime:
         model.eval()
         processor = AutoProcessor.from_pretrained(path)
         runtime = cls(model, processor, model_dir=path, device=dev)
-        if (path / "think" / "adapter_config.json").exists():
-            from earshot.af3.think import attach_think_adapter
-
-            attach_think_adapter(runtime, path / "think")
+        adapter_dir = path / think_adapter.ADAPTER_DIR
+        if (adapter_dir / "adapter_config.json").exists():
+            runtime.attach_think(adapter_dir)
         return runtime
+
+    def attach_think(self, adapter_dir: Path) -> bool:
+        """Load the whole think adapter, switched off. A broken one does not stop the engine:
+        the base model serves every request and ``think_error`` says why."""
+        try:
+            self.think = think_adapter.attach_think_adapter(self.model, adapter_dir)
+            self.think_error = None
+        except think_adapter.ThinkAdapterError as exc:
+            self.think, self.think_error = None, str(exc)
+            think_adapter.log.warning("think adapter not used: %s", exc)
+        return self.think is not None
+
+    @property
+    def think_loaded(self) -> bool:
+        return self.think is not None
+
+    def _switch_think(self, on: bool) -> None:
+        if self.think is not None:
+            think_adapter.set_think(self.model, self.think, on)
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -162,9 +249,19 @@ class AF3Runtime:
                 ids.append(int(tid))
         return ids
 
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else self.eos_ids[0]
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    # ---- prompts ------------------------------------------------------------------------------
+
+    def prompt(self, turns: Sequence[Turn], *, think: bool = False) -> str:
+        """Turns rendered with this checkpoint's own chat template."""
+        return render(self.tokenizer, turns, think=think)
 
     # ---- stage 1: audio -> embeddings -------------------------------------------------------
 
@@ -172,108 +269,151 @@ class AF3Runtime:
         """Log-mel features of <= 600 s of 16 kHz mono audio, in 30 s windows (3000 frames)."""
         return audio_features(self.processor.feature_extractor, audio)
 
-    def encode_features(self, input_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def audio_mode(self, think: bool) -> bool:
+        """Whether audio for a ``think`` prompt must be encoded with the think weights on."""
+        return bool(think and self.think is not None and self.think.changes_audio)
+
+    def encode_features(
+        self, input_features: torch.Tensor, mask: torch.Tensor, *, think: bool = False
+    ) -> torch.Tensor:
         import torch
 
-        with torch.inference_mode():
+        with self.gate.hold(self.audio_mode(think)), torch.inference_mode():
             out = self.model.get_audio_features(
                 input_features.to(self.device, self.dtype), mask.to(self.device)
             )
         return out.pooler_output
 
-    def encode(self, audio: np.ndarray) -> torch.Tensor:
+    def encode(self, audio: np.ndarray, *, think: bool = False) -> torch.Tensor:
         """Projected audio embeddings, padding removed: [n_tokens, llm_hidden]."""
         feats, mask = self.features(audio)
-        return self.encode_features(feats, mask)
+        return self.encode_features(feats, mask, think=think)
 
     # ---- stage 2: embeddings + prompt -> text -----------------------------------------------
 
-    def prompt_ids(self, chatml: str, clips: Sequence[int]) -> torch.Tensor:
+    def prompt_ids(self, prompt: str, clips: Sequence[int]) -> list[int]:
         """Token ids with the i-th ``<sound>`` expanded to ``clips[i]`` audio tokens."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return expand_sound_tokens(ids, self.sound_id, clips)
+
+    def _batch_inputs(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Left-padded inputs_embeds with each row's audio at its ``<sound>`` positions."""
         import torch
 
-        ids = self.tokenizer(chatml, add_special_tokens=False)["input_ids"]
-        return torch.tensor([expand_sound_tokens(ids, self.sound_id, clips)], dtype=torch.long)
-
-    def prompt_embeds(
-        self, chatml: str, audio_embeds: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs_embeds with every clip's embeddings placed at its ``<sound>`` positions."""
-        import torch
-
-        ids = self.prompt_ids(chatml, [int(e.shape[0]) for e in audio_embeds]).to(self.device)
+        ids = [self.prompt_ids(r.prompt, [int(e.shape[0]) for e in r.audio_embeds]) for r in rows]
+        width = max(len(i) for i in ids)
+        padded = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row_ids in enumerate(ids):
+            padded[k, width - len(row_ids) :] = torch.tensor(row_ids, dtype=torch.long)
+            attn[k, width - len(row_ids) :] = 1
+        padded, attn = padded.to(self.device), attn.to(self.device)
         with torch.inference_mode():
-            embeds = self.model.get_input_embeddings()(ids)
-            if audio_embeds:
-                audio = torch.cat([e.to(self.device, embeds.dtype) for e in audio_embeds], dim=0)
-                mask = (ids == self.sound_id).unsqueeze(-1).expand_as(embeds)
-                embeds = embeds.masked_scatter(mask, audio)
-        return ids, embeds
+            embeds = self.model.get_input_embeddings()(padded)
+            clips = [e for r in rows for e in r.audio_embeds]
+            if clips:
+                audio = torch.cat([e.to(self.device, embeds.dtype) for e in clips], dim=0)
+                where = ((padded == self.sound_id) & (attn == 1)).unsqueeze(-1).expand_as(embeds)
+                embeds = embeds.masked_scatter(where, audio)
+        return embeds, attn, [len(i) for i in ids]
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "eos_token_id": self.eos_ids,
-            "pad_token_id": self.tokenizer.pad_token_id,
+            "pad_token_id": self.pad_id,
         }
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs.update(self.decode_kwargs)
         return kwargs
+
+    def _run(self, rows: Sequence[Row], temperature: float, *, adapter: bool, streamer: Any = None) -> list[Generation]:
+        """One generate over ``rows`` (all of one think mode); the caller holds the gate."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        for r in rows:
+            if r.max_new_tokens < 1:
+                raise InputError(f"max_new_tokens must be >= 1, got {r.max_new_tokens}", code="bad_request")
+        embeds, attn, prompt_lens = self._batch_inputs(rows)
+        limits = [r.max_new_tokens for r in rows]
+        with torch.inference_mode():
+            out = self.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=attn,
+                stopping_criteria=StoppingCriteriaList([_RowLimits(limits)]),
+                streamer=streamer,
+                **self._gen_kwargs(max(limits), temperature),
+            )
+        results = []
+        eos = set(self.eos_ids)
+        for k, limit in enumerate(limits):
+            tokens = [int(t) for t in out[k][:limit]]
+            end = next((i for i, t in enumerate(tokens) if t in eos), None)
+            kept = tokens if end is None else tokens[:end]
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    stop="length" if end is None else "eos",
+                    prompt_tokens=prompt_lens[k],
+                    new_tokens=len(tokens) if end is None else end + 1,
+                    adapter=adapter,
+                )
+            )
+        return results
+
+    def generate_batch(self, rows: Sequence[Row], *, temperature: float = 0.0) -> list[Generation]:
+        """Answer every row; one ``generate`` per think mode present, answers in row order."""
+        results: list[Generation | None] = [None] * len(rows)
+        for mode in (False, True):
+            idx = [i for i, r in enumerate(rows) if bool(r.think and self.think_loaded) == mode]
+            if not idx:
+                continue
+            with self.gate.hold(mode):
+                answers = self._run([rows[i] for i in idx], temperature, adapter=mode)
+            for i, answer in zip(idx, answers, strict=True):
+                results[i] = answer
+        return [r for r in results if r is not None]
 
     def generate(
         self,
-        chatml: str,
+        prompt: str,
         audio_embeds: Sequence[torch.Tensor] = (),
         *,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         think: bool = False,
     ) -> Generation:
-        import torch
-
-        with self.lock, self.think_mode(think):
-            ids, embeds = self.prompt_embeds(chatml, audio_embeds)
-            attn = torch.ones(ids.shape, dtype=torch.long, device=self.device)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=attn,
-                    **self._gen_kwargs(max_new_tokens, temperature),
-                )
-        new = out[0]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(text=text, prompt_tokens=int(ids.shape[1]), new_tokens=int(new.shape[0]))
+        return self.generate_batch(
+            [Row(prompt, audio_embeds, max_new_tokens, think)], temperature=temperature
+        )[0]
 
     def stream(
         self,
-        chatml: str,
+        prompt: str,
         audio_embeds: Sequence[torch.Tensor] = (),
         *,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         think: bool = False,
     ) -> Iterator[str]:
-        """Yield decoded text pieces as they are generated."""
-        import torch
+        """Yield decoded text pieces as they are generated (the same path as :meth:`generate`)."""
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         errors: list[BaseException] = []
+        mode = bool(think and self.think_loaded)
 
         def work() -> None:
             try:
-                with self.lock, self.think_mode(think):
-                    ids, embeds = self.prompt_embeds(chatml, audio_embeds)
-                    attn = torch.ones(ids.shape, dtype=torch.long, device=self.device)
-                    with torch.inference_mode():
-                        self.model.generate(
-                            inputs_embeds=embeds,
-                            attention_mask=attn,
-                            streamer=streamer,
-                            **self._gen_kwargs(max_new_tokens, temperature),
-                        )
+                with self.gate.hold(mode):
+                    self._run(
+                        [Row(prompt, audio_embeds, max_new_tokens, think)],
+                        temperature, adapter=mode, streamer=streamer,
+                    )
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()
@@ -286,10 +426,3 @@ class AF3Runtime:
         thread.join()
         if errors:
             raise errors[0]
-
-    # ---- thinking ----------------------------------------------------------------------------
-
-    def think_mode(self, enabled: bool) -> Any:
-        from earshot.af3.think import think_context
-
-        return think_context(self, enabled)

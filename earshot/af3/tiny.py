@@ -1,7 +1,11 @@
 """Build a tiny, randomly initialised AF3 checkpoint with the real transformers classes.
 
 Used by tests, the demo and benchmarks: no weights can be downloaded, so everything that
-loads a real checkpoint is exercised on this one. Its output is noise by construction.
+loads a real checkpoint is exercised on this one. It has the real repository's file layout
+(config, greedy generation config with ``max_new_tokens=2048``, preprocessor and tokenizer
+files, ``chat_template.jinja``, and ``think/`` with ``adapter_config.json``,
+``adapter_model.safetensors`` and ``non_lora_trainables.bin``). Its output is noise by
+construction.
 """
 
 from __future__ import annotations
@@ -9,7 +13,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from earshot.af3.chat import CHAT_TEMPLATE, SOUND_TOKEN
+from earshot.af3.chat import SOUND_TOKEN
+
+# Written to the checkpoint as its own template, like the real one: a default system turn
+# when none is given, and each audio's <sound> before the turn's text. Earshot renders
+# prompts with whatever template a checkpoint carries, so this text is used nowhere else.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] if part['type'] == 'audio' -%}{{- '<sound>' -}}{%- endfor -%}"
+    "{%- for part in message['content'] if part['type'] == 'text' -%}{{- part['text'] -}}{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", SOUND_TOKEN, "<think>", "</think>"]
 
@@ -48,7 +71,7 @@ def _train_tokenizer(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, s
 
 
 def build_tiny_checkpoint(
-    out_dir: str | Path, *, seed: int = 0, vocab_size: int = 4000, with_think: bool = False
+    out_dir: str | Path, *, seed: int = 0, vocab_size: int = 4000, with_think: bool = True
 ) -> Path:
     """Write a tiny AF3 (64-dim encoder and Qwen2, 2 layers each) to ``out_dir``."""
     import torch
@@ -103,7 +126,7 @@ def build_tiny_checkpoint(
     )
     model = AudioFlamingo3ForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
-        eos_token_id=eos_id, pad_token_id=pad_id, max_new_tokens=64, do_sample=False
+        eos_token_id=eos_id, pad_token_id=pad_id, max_new_tokens=2048, do_sample=False
     )
     model.save_pretrained(out)
 
@@ -114,6 +137,7 @@ def build_tiny_checkpoint(
         feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
     processor.save_pretrained(out)
+    feature_extractor.save_pretrained(out)  # preprocessor_config.json, as in the real repository
 
     if with_think:
         from earshot.af3.think import write_random_think_adapter

@@ -1,9 +1,12 @@
 """Questions and multi-turn chat over processed audio. Keyword-only functions for the API and CLI.
 
 A conversation is a list of turns plus the clips they attached. Every turn re-sends the whole
-conversation to the model: each earlier user turn keeps its ``<sound>`` placeholders, and
-each clip's embeddings go into its own placeholder's positions (``Engine.chat``), so a later
-question can refer back to audio attached turns ago ("compare it with the first one").
+conversation to the model. The base AF3 was trained on one sound per prompt (multi-clip chat
+was AF3-Chat, a separate checkpoint), so the conversation's clips are joined into one audio
+(in order, ``CLIP_GAP_S`` of silence between them, at most ``chat_max_audio_s``) that the
+last user turn carries as its one ``<sound>``, and the prompt names where each clip lies in
+it. A later question can still refer back to audio attached turns ago ("compare it with the
+first one"): it is in the joined audio, at the times the prompt gives.
 
 A turn is answered in three steps, so that streaming and plain answers share everything:
 
@@ -26,8 +29,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from earshot import prompts, storage
+from earshot import budgets, prompts, storage
 from earshot.af3.chat import Turn
+from earshot.analysis import NO_ADAPTER_NOTE
 from earshot.chat.models import Conversation, ConversationClip, ConversationTurn
 from earshot.chat.schemas import (
     AnswerOut,
@@ -48,6 +52,8 @@ log = logging.getLogger("earshot.chat")
 
 SAMPLE_RATE = 16000
 CONTEXT_CHARS = 600
+# silence between joined clips: a clear boundary, short enough to keep the audio within limits
+CLIP_GAP_S = 1.0
 
 
 class ConversationNotFound(EarshotError):
@@ -88,11 +94,12 @@ class PreparedTurn:
     question: str
     think: bool
     speak: bool
-    max_new_tokens: int | None
+    max_new_tokens: int
     new_clips: list[ClipPlan]
     # conversation clip indices this question attaches (waiting ones, then new ones)
     attach: list[int]
     turns: list[Turn]
+    # the conversation's clips joined into one audio ([] when it has none)
     audio: list[np.ndarray] = field(repr=False)
 
 
@@ -293,6 +300,37 @@ def user_text(question: str, numbered: Sequence[tuple[int, ClipPlan | Conversati
     return "\n".join(clip_header(n, c) for n, c in numbered) + "\n\n" + question
 
 
+def join_clips(clips: Sequence[np.ndarray], *, gap_s: float = CLIP_GAP_S) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The clips in order with ``gap_s`` of silence between them, and each clip's span in it."""
+    gap = np.zeros(round(gap_s * SAMPLE_RATE), dtype=np.float32)
+    pieces: list[np.ndarray] = []
+    spans: list[tuple[float, float]] = []
+    pos = 0
+    for i, clip in enumerate(clips):
+        if i:
+            pieces.append(gap)
+            pos += gap.shape[0]
+        pieces.append(np.asarray(clip, dtype=np.float32))
+        spans.append((pos / SAMPLE_RATE, (pos + clip.shape[0]) / SAMPLE_RATE))
+        pos += clip.shape[0]
+    joined = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    return joined, spans
+
+
+def joined_header(spans: Sequence[tuple[float, float]]) -> str:
+    """Where each clip lies in the joined audio the model hears."""
+    if len(spans) == 1:
+        return "The audio is audio 1."
+    where = "; ".join(
+        f"audio {i + 1} from {format_time(a, clock=True)} to {format_time(b, clock=True)}"
+        for i, (a, b) in enumerate(spans)
+    )
+    return (
+        f"The audio holds {len(spans)} clips in order, with {CLIP_GAP_S:g} s of silence between "
+        f"them: {where}."
+    )
+
+
 def prepare_turn(
     session: Session,
     *,
@@ -316,19 +354,25 @@ def prepare_turn(
     for clip in conv.clips:
         by_turn.setdefault(clip.turn_seq, []).append(clip)
     turns: list[Turn] = []
-    audio: list[np.ndarray] = []
+    clips_in_order: list[np.ndarray] = []
     for t in conv.turns:
         if t.role == "user":
             attached = by_turn.get(t.seq, [])
-            turns.append(Turn("user", user_text(t.text, [(c.idx + 1, c) for c in attached]), audio=len(attached)))
-            audio.extend(clip_audio(c) for c in attached)
+            turns.append(Turn("user", user_text(t.text, [(c.idx + 1, c) for c in attached])))
+            clips_in_order.extend(clip_audio(c) for c in attached)
         else:
             turns.append(Turn("assistant", t.text))
     waiting = by_turn.get(None, [])
     numbered: list[tuple[int, ClipPlan | ConversationClip]] = [(c.idx + 1, c) for c in waiting]
     numbered += [(conv.clip_count + i + 1, p) for i, p in enumerate(plans)]
-    turns.append(Turn("user", user_text(question, numbered), audio=len(numbered)))
-    audio.extend(clip_audio(c) for _, c in numbered)
+    clips_in_order.extend(clip_audio(c) for _, c in numbered)
+    # one <sound> per prompt: every clip so far, joined, rides on the question being asked
+    joined, spans = join_clips(clips_in_order)
+    text = user_text(question, numbered)
+    if spans:
+        text = joined_header(spans) + "\n" + text
+    turns.append(Turn("user", text, audio=1 if spans else 0))
+    limit = max_new_tokens or budgets.budget("question", clip_s=spans[-1][1] if spans else 0.0, settings=settings)
     return PreparedTurn(
         conversation_id=conv.id,
         expected_turns=conv.turn_count,
@@ -336,11 +380,11 @@ def prepare_turn(
         question=question,
         think=think,
         speak=speak,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=limit,
         new_clips=plans,
         attach=[n - 1 for n, _ in numbered],
         turns=turns,
-        audio=audio,
+        audio=[joined] if spans else [],
     )
 
 
@@ -355,6 +399,7 @@ def finish_turn(
     engine: Engine,
     settings: Settings,
     timings: dict[str, float] | None = None,
+    truncated: bool = False,
 ) -> AnswerOut:
     """Split the answer, speak it when asked, store the question and the answer together."""
     timings = dict(timings or {})
@@ -362,9 +407,9 @@ def finish_turn(
     adapter = prepared.think and engine.has_think_adapter
     notes: list[str] = []
     if prepared.think and not adapter:
-        from earshot.af3.think import NO_ADAPTER_NOTE
-
         notes.append(NO_ADAPTER_NOTE)
+    if truncated:
+        notes.append(budgets.truncation_note({"chat": 1}))
     user_seq = prepared.expected_turns
     answer_seq = user_seq + 1
 
@@ -426,11 +471,15 @@ def answer_turn(
 ) -> AnswerOut:
     """Ask the model (the whole answer at once) and store the turn pair."""
     t0 = time.monotonic()
-    raw = engine.chat(
+    gen = engine.chat(
         prepared.turns, prepared.audio, think=prepared.think, max_new_tokens=prepared.max_new_tokens
     )
+    budgets.count("chat", truncated=gen.truncated)
     timings = {"generate_s": round(time.monotonic() - t0, 3)}
-    return finish_turn(session, prepared, raw, engine=engine, settings=settings, timings=timings)
+    return finish_turn(
+        session, prepared, gen.text, engine=engine, settings=settings, timings=timings,
+        truncated=gen.truncated,
+    )
 
 
 def stream_turn(
@@ -438,13 +487,15 @@ def stream_turn(
 ) -> Iterator[StreamEvent]:
     """Text pieces as they come, then the stored answer; errors become an ``error`` event.
 
-    Opens its own session at the end (``session_scope``, default the one of
-    ``earshot.db.session``): a request's session is gone by the time a stream finishes.
+    Opens its own session at the end (``session_scope``, default one on
+    ``settings.database_url``): a request's session is gone by the time a stream finishes.
     """
     if session_scope is None:
+        from functools import partial
+
         from earshot.db.session import session_scope as default_scope
 
-        session_scope = default_scope
+        session_scope = partial(default_scope, settings.database_url)
     pieces: list[str] = []
     t0 = time.monotonic()
     try:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 
-from earshot.config import Settings, get_settings
-from earshot.engines.base import Engine
+from earshot.config import Settings
+from earshot.engines.base import Ask, Engine, Generation, texts
+
+_ENGINES: dict[tuple[str, str, str], Engine] = {}
+_LOCK = threading.Lock()
 
 
-@lru_cache(maxsize=4)
-def _cached(kind: str, model_path: str, triton_url: str) -> Engine:
-    settings = get_settings()
+def get_engine(settings: Settings, *, kind: str | None = None) -> Engine:
+    """One engine per process and configuration: model weights load once per worker.
+
+    Built from the ``settings`` given; later calls with the same engine kind, model and
+    Triton address share it.
+    """
+    key = (kind or settings.engine, settings.model_path, settings.triton_url)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _build(key[0], settings)
+            _ENGINES[key] = engine
+        return engine
+
+
+def _build(kind: str, settings: Settings) -> Engine:
     if kind == "triton":
         from earshot.engines.triton import TritonEngine
 
@@ -20,14 +36,9 @@ def _cached(kind: str, model_path: str, triton_url: str) -> Engine:
     return LocalEngine.from_settings(settings)
 
 
-def get_engine(settings: Settings | None = None, *, kind: str | None = None) -> Engine:
-    """One engine per process and configuration: model weights load once per worker."""
-    s = settings or get_settings()
-    return _cached(kind or s.engine, s.model_path, s.triton_url)
-
-
 def reset_engines() -> None:
-    _cached.cache_clear()
+    with _LOCK:
+        _ENGINES.clear()
 
 
-__all__ = ["Engine", "get_engine", "reset_engines"]
+__all__ = ["Ask", "Engine", "Generation", "get_engine", "reset_engines", "texts"]

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from earshot.af3.chat import Turn
+from earshot.af3.generation import Generation, StopReason
 from earshot.speech import Speech
 
-StopReason = Literal["eos", "length"]
+__all__ = ["Ask", "Engine", "Generation", "StopReason", "texts"]
 
 
 @dataclass(frozen=True)
@@ -33,25 +34,6 @@ class Ask:
     max_new_tokens: int | None = None
     # append AF3's think suffix and apply the think adapter where one is loaded
     think: bool = False
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One answer and how it ended."""
-
-    text: str
-    # "eos": the model ended the answer; "length": it hit max_new_tokens (the answer is cut)
-    stop: StopReason
-    # prompt tokens including the expanded audio tokens
-    prompt_tokens: int
-    # generated tokens, the end-of-turn token included when stop == "eos"
-    new_tokens: int
-    # the think adapter took part in this answer
-    adapter: bool = False
-
-    @property
-    def truncated(self) -> bool:
-        return self.stop == "length"
 
 
 def texts(generations: Sequence[Generation]) -> list[str]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from earshot.af3.chat import Turn, chatml, single_turn
+from earshot.af3.chat import Turn
 from earshot.af3.loading import resolve_model_dir
-from earshot.af3.runtime import AF3Runtime
+from earshot.af3.runtime import AF3Runtime, Row
 from earshot.config import Settings
+from earshot.engines.base import Ask, Generation
+from earshot.errors import InputError
 from earshot.speech import Speech, espeak
 
 
@@ -21,7 +25,8 @@ class LocalEngine:
         self.runtime = runtime
         self.settings = settings
         self._model_id = model_id
-        # the last clip's embeddings: analysis asks about one segment in several calls
+        # the last clip's embeddings: a segment is asked about in several calls
+        self._cache_lock = threading.Lock()
         self._last_encoded: tuple[bytes, Any] | None = None
 
     @classmethod
@@ -43,53 +48,65 @@ class LocalEngine:
 
     def generate(
         self,
-        prompts: Sequence[str],
+        asks: Sequence[Ask],
         *,
-        audio: np.ndarray | None = None,
-        max_new_tokens: int | None = None,
+        audios: Sequence[np.ndarray] = (),
         temperature: float = 0.0,
+    ) -> list[Generation]:
+        if not asks:
+            return []
+        encoded: dict[tuple[int, bool], Any] = {}
+        rows = []
+        for ask in asks:
+            clips = []
+            if ask.audio is not None:
+                if not 0 <= ask.audio < len(audios):
+                    raise InputError(
+                        f"an ask refers to audio {ask.audio} of {len(audios)}", code="prompt_audio_mismatch"
+                    )
+                key = (ask.audio, self.runtime.audio_mode(ask.think))
+                if key not in encoded:
+                    encoded[key] = self._encode(audios[ask.audio], think=key[1])
+                clips = [encoded[key]]
+            prompt = self.runtime.prompt([Turn("user", ask.prompt, audio=len(clips))], think=ask.think)
+            rows.append(Row(prompt, clips, self._limit(ask.max_new_tokens), ask.think))
+        return self.runtime.generate_batch(rows, temperature=temperature)
+
+    def _limit(self, max_new_tokens: int | None) -> int:
+        return max_new_tokens or self.settings.max_new_tokens
+
+    def chat_row(
+        self,
+        turns: Sequence[Turn],
+        clips: Sequence[np.ndarray],
+        *,
         think: bool = False,
-    ) -> list[str]:
-        clips = [self._encode(audio)] if audio is not None else []
-        limit = max_new_tokens or self.settings.max_new_tokens
-        return [
-            self.runtime.generate(
-                single_turn(p, n_audio=len(clips), think=think),
-                clips,
-                max_new_tokens=limit,
-                temperature=temperature,
-                think=think,
-            ).text
-            for p in prompts
-        ]
-
-    def chat_prompt(
-        self, turns: Sequence[Turn], clips: Sequence[np.ndarray], *, think: bool = False
-    ) -> tuple[str, list[Any]]:
-        """The ChatML text and per-clip embeddings :meth:`chat` sends (one encode per clip)."""
-        from earshot.errors import InputError
-
+        max_new_tokens: int | None = None,
+    ) -> Row:
+        """The prompt row :meth:`chat` sends: the template's text and the one clip's embeddings."""
         if not turns or turns[-1].role != "user":
             raise InputError("a conversation must end with a user turn", code="bad_conversation")
         wanted = sum(t.audio for t in turns)
-        if wanted != len(clips):
+        if wanted != len(clips) or len(clips) > 1:
             raise InputError(
-                f"the turns attach {wanted} audio clip(s) but {len(clips)} were given",
+                f"the turns attach {wanted} audio clip(s) and {len(clips)} were given; the base "
+                "AF3 hears one sound per prompt (join clips first, see earshot.chat)",
                 code="prompt_audio_mismatch",
             )
-        return chatml(turns, think=think), [self._encode(c) for c in clips]
+        mode = self.runtime.audio_mode(think)
+        embeds = [self._encode(c, think=mode) for c in clips]
+        return Row(self.runtime.prompt(turns, think=think), embeds, self._limit(max_new_tokens), think)
 
-    def _encode(self, audio: np.ndarray) -> Any:
+    def _encode(self, audio: np.ndarray, *, think: bool = False) -> Any:
         """Encoder output, reused when the same samples come again (one entry, by content)."""
-        import hashlib
-
         data = np.ascontiguousarray(audio, dtype=np.float32)
-        key = hashlib.blake2b(data.tobytes(), digest_size=16).digest() + str(data.shape).encode()
-        with self.runtime.lock:
+        digest = hashlib.blake2b(data.tobytes(), digest_size=16).digest()
+        key = digest + str((data.shape, think)).encode()
+        with self._cache_lock:
             if self._last_encoded is not None and self._last_encoded[0] == key:
                 return self._last_encoded[1]
-        embeds = self.runtime.encode(data)
-        with self.runtime.lock:
+        embeds = self.runtime.encode(data, think=think)
+        with self._cache_lock:
             self._last_encoded = (key, embeds)
         return embeds
 
@@ -101,15 +118,9 @@ class LocalEngine:
         think: bool = False,
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
-    ) -> str:
-        prompt, embeds = self.chat_prompt(turns, clips, think=think)
-        return self.runtime.generate(
-            prompt,
-            embeds,
-            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-            temperature=temperature,
-            think=think,
-        ).text
+    ) -> Generation:
+        row = self.chat_row(turns, clips, think=think, max_new_tokens=max_new_tokens)
+        return self.runtime.generate_batch([row], temperature=temperature)[0]
 
     def chat_stream(
         self,
@@ -120,16 +131,11 @@ class LocalEngine:
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
     ) -> Iterator[str]:
-        prompt, embeds = self.chat_prompt(turns, clips, think=think)
+        row = self.chat_row(turns, clips, think=think, max_new_tokens=max_new_tokens)
         yield from self.runtime.stream(
-            prompt,
-            embeds,
-            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-            temperature=temperature,
-            think=think,
+            row.prompt, row.audio_embeds, max_new_tokens=row.max_new_tokens,
+            temperature=temperature, think=think,
         )
 
     def speak(self, text: str) -> Speech:
         return espeak(text, voice=self.settings.tts_voice, binary=self.settings.espeak_binary)
-
-

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from earshot.budgets import truncation_note
 from earshot.db import models as m
 from earshot.results import (
     Chapter,
@@ -24,7 +25,19 @@ def _notes(options: dict[str, Any]) -> list[str]:
     think = options.get("think")
     if isinstance(think, dict) and think.get("note"):
         notes.append(str(think["note"]))
+    cut = truncated_counts(options)
+    if cut:
+        notes.append(truncation_note(cut))
     return notes
+
+
+def truncated_counts(options: dict[str, Any]) -> dict[str, int]:
+    """Answers cut by their token limit, by task, summed over the job's segments."""
+    counts: dict[str, int] = {}
+    for usage in (options.get("segments_usage") or {}).values():
+        for task, n in (usage.get("truncated") or {}).items() if isinstance(usage, dict) else ():
+            counts[task] = counts.get(task, 0) + int(n)
+    return counts
 
 
 def build_report(session: Session, job: m.Job) -> JobReport:

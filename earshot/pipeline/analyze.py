@@ -11,16 +11,17 @@ from sqlalchemy import func, select
 from earshot import storage
 from earshot.analysis import analyze_audio
 from earshot.audio import read_audio
+from earshot.config import Settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.engines.base import Engine
 from earshot.jobs.store import save_segment_results
 
 
-def analyze_segment(job_id: str, index: int, engine: Engine) -> bool:
+def analyze_segment(job_id: str, index: int, engine: Engine, *, settings: Settings) -> bool:
     """Analyze one segment. Returns True when every segment of the job is done."""
     t0 = time.monotonic()
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         job = s.get(m.Job, job_id)
         if job is None or job.status in m.TERMINAL_STATUSES:
             return False
@@ -28,7 +29,7 @@ def analyze_segment(job_id: str, index: int, engine: Engine) -> bool:
         if seg is None or seg.scratch_uri is None:
             return False
         if seg.status == "done":
-            return _all_done(job_id)
+            return _all_done(job_id, settings)
         seg.status = "running"
         seg.attempts += 1
         tasks, questions = list(job.tasks), list(job.questions)
@@ -38,10 +39,13 @@ def analyze_segment(job_id: str, index: int, engine: Engine) -> bool:
         local = Path(tmp) / "segment.flac"
         storage.download_to(uri, local)
         samples, _ = read_audio(local)
-    analysis = analyze_audio(engine, samples, tasks=tasks, questions=questions).shifted(start)
+    analysis = analyze_audio(
+        engine, samples, tasks=tasks, questions=questions, settings=settings
+    ).shifted(start)
 
-    with session_scope() as s:
-        job = s.get(m.Job, job_id)
+    with session_scope(settings.database_url) as s:
+        # row lock: segments finishing together must not lose each other's counts
+        job = s.get(m.Job, job_id, with_for_update=True)
         if job is None or job.status in m.TERMINAL_STATUSES:
             return False
         save_segment_results(s, job_id=job_id, segment_index=index, analysis=analysis)
@@ -57,11 +61,19 @@ def analyze_segment(job_id: str, index: int, engine: Engine) -> bool:
         total = job.segment_count or 1
         job.progress = round(0.05 + 0.85 * done / total, 4)
         job.timings = {**job.timings, f"segment_{index}_s": round(time.monotonic() - t0, 3)}
-    return _all_done(job_id)
+        # cut answers and model calls per segment; the report sums them (never silent)
+        usage = dict(job.options.get("segments_usage") or {})
+        usage[str(index)] = {
+            "calls": analysis.calls,
+            "prompts": analysis.prompts,
+            "truncated": analysis.truncated,
+        }
+        job.options = {**job.options, "segments_usage": usage}
+    return _all_done(job_id, settings)
 
 
-def _all_done(job_id: str) -> bool:
-    with session_scope() as s:
+def _all_done(job_id: str, settings: Settings) -> bool:
+    with session_scope(settings.database_url) as s:
         pending = s.scalar(
             select(func.count()).where(m.Segment.job_id == job_id, m.Segment.status != "done")
         )

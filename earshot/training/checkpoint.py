@@ -318,7 +318,11 @@ def save_stage_model(
             else:
                 shutil.copy2(item, tmp / item.name)
         if is_lora:
+            from earshot.af3.think import write_non_lora_trainables
+
             inner.save_pretrained(str(tmp / "think"), state_dict=full)
+            # the release's think/ layout: only the LoRA is trained here, so its non-LoRA part is empty
+            write_non_lora_trainables(tmp / "think", {})
         else:
             cast = {
                 k: v.to(base_dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v

@@ -6,7 +6,7 @@ A manifest is JSON (a list) or JSONL, one record per sample::
                                               {"from": "gpt", "value": "..."}]}
 
 Audio is fetched (local disk or S3, cached on local disk), decoded and cut into 30 s windows by
-the same code inference uses. Prompts are rendered by ``earshot.af3.chat.chatml`` and ``<sound>``
+the same code inference uses. Prompts are rendered by ``earshot.af3.chat.render`` and ``<sound>``
 is expanded by ``earshot.af3.runtime.expand_sound_tokens``, so training sees exactly the token
 layout the engine builds. The loss falls on assistant tokens (and their ``<|im_end|>``) only.
 
@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from earshot import storage
-from earshot.af3.chat import SOUND_TOKEN, Turn, chatml, with_think_suffix
+from earshot.af3.chat import SOUND_TOKEN, Turn, render, with_think_suffix
 from earshot.af3.runtime import (
     MAX_WINDOWS,
     SAMPLE_RATE,
@@ -294,7 +294,7 @@ def encode_conversation(
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels with ``<sound>`` not yet expanded.
 
-    Every prompt part is the exact ``chatml`` text the engine would send for that point of the
+    Every prompt part is the exact ``render`` text (the checkpoint's template) the engine would send for that point of the
     conversation; labels are the assistant's answer plus ``<|im_end|>`` (so the model learns to
     stop). Label positions of ``<sound>`` hold ``sound_id`` so one expansion pass serves both.
     """
@@ -310,7 +310,7 @@ def encode_conversation(
     for k, (role, text) in enumerate(chat):
         if role != "assistant":
             continue
-        prompt = chatml(as_turns[:k])
+        prompt = render(tokenizer, as_turns[:k])
         if not prompt.startswith(consumed):
             raise BadRecord("malformed", "conversation does not render as a prefix-stable chat")
         delta = prompt[len(consumed) :]

@@ -264,11 +264,13 @@ def run_demo(root: Path, *, steps: int = 12, echo: Any = print) -> dict[str, Any
         runtime = AF3Runtime.load(path, device="cpu")
         feats, mask = audio_features(runtime.processor.feature_extractor, tone_clip(0, 2.0))
         embeds = runtime.encode_features(feats, mask)
+        think_embeds = runtime.encode_features(feats, mask, think=True)
         from earshot.af3.chat import single_turn
 
-        plain = runtime.generate(single_turn("Describe the audio."), [embeds], max_new_tokens=16)
+        tok = runtime.tokenizer
+        plain = runtime.generate(single_turn(tok, "Describe the audio."), [embeds], max_new_tokens=16)
         think = runtime.generate(
-            single_turn("Is this an alarm?", think=True), [embeds], max_new_tokens=16, think=True
+            single_turn(tok, "Is this an alarm?", think=True), [think_embeds], max_new_tokens=16, think=True
         )
         lines.append(f"export {path} loads (think adapter: {runtime.think_loaded})")
         lines.append(f"  caption: {plain.text!r}")

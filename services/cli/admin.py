@@ -36,7 +36,9 @@ def db_current() -> None:
 @model_app.command("init-tiny")
 def init_tiny(
     directory: str,
-    with_think: Annotated[bool, typer.Option("--with-think", help="Also write a tiny random think LoRA.")] = False,
+    with_think: Annotated[
+        bool, typer.Option("--with-think/--no-think", help="Also write a tiny random think adapter (think/).")
+    ] = True,
     seed: int = 0,
 ) -> None:
     """Write a tiny, randomly initialised AF3 checkpoint (its words are noise)."""

@@ -39,9 +39,9 @@ def parse_clip(text: str) -> ClipIn | None:
         raise typer.BadParameter(f"{text}: {exc}") from exc
 
 
-def _full_job_id(prefix: str) -> str:
+def _full_job_id(prefix: str, database_url: str) -> str:
     """A job id, or a unique prefix of one (at least 6 characters)."""
-    with session_scope() as s:
+    with session_scope(database_url) as s:
         if s.get(m.Job, prefix) is not None:
             return prefix
         hits = list(s.scalars(select(m.Job.id).where(m.Job.id.startswith(prefix.lower())).limit(2)))
@@ -93,14 +93,14 @@ def ask(
     from earshot.engines import get_engine
 
     try:
-        clips = [c.model_copy(update={"job_id": _full_job_id(c.job_id)}) for c in clips]
-        with session_scope() as s:
+        clips = [c.model_copy(update={"job_id": _full_job_id(c.job_id, settings.database_url)}) for c in clips]
+        with session_scope(settings.database_url) as s:
             if conversation is None:
                 conv = service.create_conversation(s, settings=settings, clips=clips)
                 conversation_id, new_clips = conv.id, []
             else:
                 conversation_id, new_clips = service.get_conversation(s, conversation).id, clips
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             prepared = service.prepare_turn(
                 s, conversation_id=conversation_id, question=question, settings=settings,
                 clips=new_clips, think=think, speak=speak is not None, max_new_tokens=max_new_tokens,
@@ -118,7 +118,7 @@ def ask(
                     raise EarshotError(ev.data["message"], code=ev.data["code"])
             print()
         else:
-            with session_scope() as s:
+            with session_scope(settings.database_url) as s:
                 out = service.answer_turn(s, prepared, engine=eng, settings=settings)
     except EarshotError as exc:
         err_console.print(f"[red]error {exc.code}:[/] {exc.message}")
