@@ -1,7 +1,7 @@
 """tenants: every key, job and conversation belongs to one; idempotency keys are per tenant
 
 Revision ID: 0006_tenants
-Revises: 0001
+Revises: 0002_api, 0005_conversations
 Create Date: 2026-11-29 17:10:00
 
 - table ``tenants`` (allowed source patterns, quotas) with the row ``default``, which owns
@@ -11,7 +11,8 @@ Create Date: 2026-11-29 17:10:00
 - PostgreSQL: each ``analytics`` view gains a last column ``tenant_id`` (appended, so the
   documented columns keep their order).
 
-Needs the tables of 0002_api (api_keys, views) and 0005_conversations, but stays its own head.
+It alters tables of 0002_api (api_keys, views) and 0005_conversations, so it follows both (a
+``depends_on`` on a branch from 0001 trips Alembic's head bookkeeping on upgrade).
 Written out here, not imported, so it stays what it was when the models change.
 """
 
@@ -24,9 +25,9 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_tenants"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = ("0002_api", "0005_conversations")
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = ("0002_api", "0005_conversations")
+depends_on: str | Sequence[str] | None = None
 
 DEFAULT = "default"
 SCHEMA = "analytics"
