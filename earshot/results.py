@@ -1,12 +1,22 @@
-"""Result types shared by the engines, the pipeline, the exporters, the API and the CLI.
+"""Result types shared by the engines, the pipeline, the exporters, the API and the CLI, and
+the API's reads of stored results (async Core queries, at the end).
 
-All times are seconds. Segment-level results carry times relative to the segment;
-``absolute()`` helpers move them onto the file's timeline.
+All times are seconds. Segment-level results carry times relative to the segment; the
+pipeline stores them on the file's timeline.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
 from pydantic import BaseModel, Field
+from sqlalchemy import Row, Select, bindparam, func, select
+
+from earshot.db import models as m
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class Utterance(BaseModel):
@@ -49,7 +59,7 @@ class ErrorInfo(BaseModel):
 
 
 class JobReport(BaseModel):
-    """What `earshot run --json` prints and `GET /v1/jobs/{id}` builds on."""
+    """The whole report of a job (``earshot.jobs.report.build_report``): what `earshot run --json` prints."""
 
     job_id: str
     source: str
@@ -71,3 +81,161 @@ class JobReport(BaseModel):
     )
     notes: list[str] = Field(default_factory=list, description="caveats about these results")
     error: ErrorInfo | None = None
+
+
+# --------------------------------------------------------------------------- reading them back
+# The API's reads: plain columns with SQLAlchemy Core on an async connection (no ORM objects, no
+# relationship loading), each function one query. ``tenant_id`` scopes a job to its tenant once
+# the column exists (issue 14); None means "every tenant" (admin keys, single-team installs).
+
+_jobs = m.Job.__table__
+_audio = m.AudioFile.__table__
+_utt = m.Utterance.__table__
+_sum = m.Summary.__table__
+_ev = m.Event.__table__
+_tr = m.ReasoningTrace.__table__
+_speech = m.SpeechOutput.__table__
+
+JOB_COLUMNS = (
+    _jobs.c.id, _jobs.c.status, _jobs.c.source_uri, _jobs.c.tasks, _jobs.c.questions, _jobs.c.engine,
+    _jobs.c.model_id, _jobs.c.progress, _jobs.c.attempts, _jobs.c.segment_count, _jobs.c.created_at,
+    _jobs.c.updated_at, _jobs.c.started_at, _jobs.c.finished_at, _jobs.c.timings, _jobs.c.error_code,
+    _jobs.c.error_message, _jobs.c.options, _audio.c.duration_s,
+    *([_jobs.c.tenant_id] if "tenant_id" in _jobs.c else []),
+)
+_JOB_FROM = _jobs.outerjoin(_audio, _audio.c.id == _jobs.c.audio_file_id)
+
+
+def _scoped(stmt: Select[Any], tenant_id: str | None) -> Select[Any]:
+    if tenant_id is not None and "tenant_id" in _jobs.c:
+        return stmt.where(_jobs.c.tenant_id == tenant_id)
+    return stmt
+
+
+_JOB_BY_ID = select(*JOB_COLUMNS).select_from(_JOB_FROM).where(_jobs.c.id == bindparam("job_id"))
+_JOB_BY_ID_TENANT = (
+    _JOB_BY_ID.where(_jobs.c.tenant_id == bindparam("tenant_id")) if "tenant_id" in _jobs.c else _JOB_BY_ID
+)
+
+
+async def fetch_job(conn: AsyncConnection, job_id: str, *, tenant_id: str | None = None) -> Row[Any] | None:
+    """The job with its audio duration, or None (missing, or another tenant's: the same answer)."""
+    if tenant_id is not None and "tenant_id" in _jobs.c:
+        result = await conn.execute(_JOB_BY_ID_TENANT, {"job_id": job_id, "tenant_id": tenant_id})
+    else:
+        result = await conn.execute(_JOB_BY_ID, {"job_id": job_id})
+    return result.first()
+
+
+async def fetch_jobs(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str | None = None,
+    status: str | None = None,
+    source_prefix: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    before: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[Row[Any]]:
+    """Newest first; ``before`` is a (created_at, id) keyset cursor from the previous page."""
+    q = _scoped(select(*JOB_COLUMNS).select_from(_JOB_FROM), tenant_id)
+    if status:
+        q = q.where(_jobs.c.status == status)
+    if source_prefix:
+        q = q.where(_jobs.c.source_uri.startswith(source_prefix, autoescape=True))
+    if created_after:
+        q = q.where(_jobs.c.created_at >= created_after)
+    if created_before:
+        q = q.where(_jobs.c.created_at < created_before)
+    if before:
+        ts, jid = before
+        q = q.where((_jobs.c.created_at < ts) | ((_jobs.c.created_at == ts) & (_jobs.c.id < jid)))
+    q = q.order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc()).limit(limit)
+    return list((await conn.execute(q)).all())
+
+
+_UTTERANCES = (
+    select(_utt.c.start_s, _utt.c.end_s, _utt.c.text)
+    .where(_utt.c.job_id == bindparam("job_id"))
+    .order_by(_utt.c.start_s, _utt.c.segment_index, _utt.c.seq)
+)
+
+
+async def fetch_utterances(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
+    """(start_s, end_s, text) in time order."""
+    return list((await conn.execute(_UTTERANCES, {"job_id": job_id})).all())
+
+
+SUMMARY_LEVEL_ORDER = {"file": 0, "chapter": 1, "section": 2, "segment": 3, "caption": 4}
+
+
+async def fetch_summaries(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
+    """Every summary, ordered by level (file first) then index."""
+    rows = await conn.execute(
+        select(_sum.c.level, _sum.c.idx, _sum.c.start_s, _sum.c.end_s, _sum.c.title, _sum.c.text)
+        .where(_sum.c.job_id == job_id)
+    )
+    return sorted(rows.all(), key=lambda s: (SUMMARY_LEVEL_ORDER.get(s.level, 9), s.level, s.idx))
+
+
+async def fetch_events(
+    conn: AsyncConnection,
+    job_id: str,
+    *,
+    label: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    min_duration: float | None = None,
+) -> list[Row[Any]]:
+    """Events overlapping [start, end], with a label substring (any case), at least so long."""
+    if label and "\x00" in label:  # no label holds NUL (PostgreSQL text cannot)
+        return []
+    conds = [_ev.c.job_id == job_id]
+    if label:
+        escaped = label.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(func.lower(_ev.c.label).like(f"%{escaped}%", escape="\\"))
+    if start is not None:
+        conds.append(_ev.c.end_s >= start)
+    if end is not None:
+        conds.append(_ev.c.start_s <= end)
+    if min_duration is not None:
+        conds.append(_ev.c.end_s - _ev.c.start_s >= min_duration)
+    q = (
+        select(_ev.c.start_s, _ev.c.end_s, _ev.c.label, _ev.c.raw)
+        .where(*conds)
+        .order_by(_ev.c.start_s, _ev.c.segment_index, _ev.c.seq)
+    )
+    return list((await conn.execute(q)).all())
+
+
+async def fetch_traces(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
+    q = (
+        select(_tr.c.segment_index, _tr.c.question, _tr.c.thinking, _tr.c.answer, _tr.c.adapter)
+        .where(_tr.c.job_id == job_id)
+        .order_by(_tr.c.segment_index, _tr.c.seq)
+    )
+    return list((await conn.execute(q)).all())
+
+
+async def fetch_speech(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
+    q = (
+        select(_speech.c.kind, _speech.c.uri, _speech.c.duration_s, _speech.c.voice, _speech.c.sample_rate)
+        .where(_speech.c.job_id == job_id)
+        .order_by(_speech.c.kind)
+        .limit(1)
+    )
+    return (await conn.execute(q)).first()
+
+
+_JOB_BY_KEY = select(*JOB_COLUMNS).select_from(_JOB_FROM).where(_jobs.c.idempotency_key == bindparam("key"))
+
+
+async def fetch_job_by_idempotency_key(
+    conn: AsyncConnection, key: str, *, tenant_id: str | None = None
+) -> Row[Any] | None:
+    """The job created earlier with this idempotency key (within the tenant, once jobs carry one)."""
+    q = _JOB_BY_KEY
+    if tenant_id is not None and "tenant_id" in _jobs.c:
+        q = q.where(_jobs.c.tenant_id == tenant_id)
+    return (await conn.execute(q, {"key": key})).first()

@@ -9,6 +9,9 @@ text (case-insensitive ``LIKE``) and hits rank by how often the words occur. Goo
 laptop; the REST contract is the same.
 
 Times in hits are absolute (seconds on the file's timeline), as stored.
+
+It runs on an async connection (the API's); ``tenant_id`` limits hits to that tenant's jobs
+once jobs carry a tenant (issue 14), None searches every job.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import or_, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from earshot.db import models as m
 
@@ -61,14 +64,15 @@ def _safe_snippet(raw: str) -> str:
     return escaped.replace(_START, "<mark>").replace(_STOP, "</mark>")
 
 
-def search(
-    session: Session,
+async def search(
+    conn: AsyncConnection,
     query: str,
     *,
     limit: int = 20,
     offset: int = 0,
     job_id: str | None = None,
     kinds: Sequence[str] = KINDS,
+    tenant_id: str | None = None,
 ) -> SearchPage:
     """Best matches first; ``has_more`` tells whether another page exists."""
     # PostgreSQL text cannot hold NUL; it separates nothing a user meant to search for
@@ -76,18 +80,19 @@ def search(
     kinds = [k for k in KINDS if k in kinds]
     if not query or not kinds or limit <= 0:
         return SearchPage([], False)
-    if session.get_bind().dialect.name == "postgresql":
-        rows = _search_postgres(session, query, limit + 1, offset, job_id, kinds)
+    if tenant_id is not None and "tenant_id" not in m.Job.__table__.c:
+        tenant_id = None  # no tenants in this schema yet: one tenant sees everything
+    if conn.dialect.name == "postgresql":
+        rows = await _search_postgres(conn, query, limit + 1, offset, job_id, kinds, tenant_id)
     else:
-        rows = _search_fallback(session, query, limit + 1, offset, job_id, kinds)
+        rows = await _search_fallback(conn, query, limit + 1, offset, job_id, kinds, tenant_id)
     return SearchPage(rows[:limit], len(rows) > limit)
 
 
-def _search_postgres(
-    session: Session, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str]
-) -> list[SearchHit]:
-    job_filter_u = "AND u.job_id = :job_id" if job_id else ""
-    job_filter_s = "AND s.job_id = :job_id" if job_id else ""
+def postgres_sql(kinds: Sequence[str], *, job_filter: bool, tenant_filter: bool) -> str:
+    """The ranked query (the bench's floor app runs the same text)."""
+    job_filter_u = "AND u.job_id = :job_id" if job_filter else ""
+    job_filter_s = "AND s.job_id = :job_id" if job_filter else ""
     parts = []
     if "utterance" in kinds:
         parts.append(
@@ -103,20 +108,37 @@ def _search_postgres(
                        s.level, ts_rank_cd(s.search_tsv, q.query) AS score
                 FROM summaries s, q WHERE s.search_tsv @@ q.query {job_filter_s}"""
         )
-    sql = f"""
+    # another tenant's rows are dropped before ranking and paging, so pages and has_more
+    # never reveal them
+    tenant_join = "JOIN jobs tj ON tj.id = h.job_id AND tj.tenant_id = :tenant_id" if tenant_filter else ""
+    return f"""
         WITH q AS (SELECT websearch_to_tsquery('{TS_CONFIG}', :query) AS query),
         hits AS ({" UNION ALL ".join(parts)}),
-        page AS (SELECT * FROM hits ORDER BY score DESC, kind DESC, id LIMIT :limit OFFSET :offset)
+        page AS (SELECT h.* FROM hits h {tenant_join}
+                 ORDER BY h.score DESC, h.kind DESC, h.id LIMIT :limit OFFSET :offset)
         SELECT page.kind, page.id, page.job_id, page.start_s, page.end_s, page.text, page.level,
                page.score, j.source_uri,
                ts_headline('{TS_CONFIG}', page.text, q.query, :opts) AS snippet
         FROM page JOIN jobs j ON j.id = page.job_id, q
         ORDER BY page.score DESC, page.kind DESC, page.id
     """
+
+
+def postgres_params(query: str, limit: int, offset: int, job_id: str | None, tenant_id: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"query": query, "limit": limit, "offset": offset, "opts": _HEADLINE_OPTS}
     if job_id:
         params["job_id"] = job_id
-    result = session.execute(text(sql), params)
+    if tenant_id is not None:
+        params["tenant_id"] = tenant_id
+    return params
+
+
+async def _search_postgres(
+    conn: AsyncConnection, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str],
+    tenant_id: str | None,
+) -> list[SearchHit]:
+    sql = postgres_sql(kinds, job_filter=bool(job_id), tenant_filter=tenant_id is not None)
+    result = await conn.execute(text(sql), postgres_params(query, limit, offset, job_id, tenant_id))
     return [
         SearchHit(
             kind=r.kind,
@@ -153,34 +175,43 @@ def _like(word: str) -> str:
     return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _search_fallback(
-    session: Session, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str]
+async def _search_fallback(
+    conn: AsyncConnection, query: str, limit: int, offset: int, job_id: str | None, kinds: Sequence[str],
+    tenant_id: str | None,
 ) -> list[SearchHit]:
     words = [w.lower() for w in _WORD.findall(query)]
     if not words:
         return []
+    jobs = m.Job.__table__
+    u_t, s_t = m.Utterance.__table__, m.Summary.__table__
     # (kind, id, job_id, start, end, text, level)
     candidates: list[tuple[HitKind, int, str, float, float, str, str | None]] = []
     if "utterance" in kinds:
-        u = select(m.Utterance).where(*(m.Utterance.text.ilike(_like(w), escape="\\") for w in words))
+        u = select(u_t.c.id, u_t.c.job_id, u_t.c.start_s, u_t.c.end_s, u_t.c.text).where(
+            *(u_t.c.text.ilike(_like(w), escape="\\") for w in words)
+        )
         if job_id:
-            u = u.where(m.Utterance.job_id == job_id)
+            u = u.where(u_t.c.job_id == job_id)
+        if tenant_id is not None:
+            u = u.where(u_t.c.job_id.in_(select(jobs.c.id).where(jobs.c.tenant_id == tenant_id)))
         candidates += [
             ("utterance", r.id, r.job_id, r.start_s, r.end_s, r.text, None)
-            for r in session.scalars(u.limit(FALLBACK_CANDIDATES))
+            for r in await conn.execute(u.limit(FALLBACK_CANDIDATES))
         ]
     if "summary" in kinds:
-        s = select(m.Summary).where(
+        s = select(s_t.c.id, s_t.c.job_id, s_t.c.start_s, s_t.c.end_s, s_t.c.title, s_t.c.text, s_t.c.level).where(
             *(
-                or_(m.Summary.text.ilike(_like(w), escape="\\"), m.Summary.title.ilike(_like(w), escape="\\"))
+                or_(s_t.c.text.ilike(_like(w), escape="\\"), s_t.c.title.ilike(_like(w), escape="\\"))
                 for w in words
             )
         )
         if job_id:
-            s = s.where(m.Summary.job_id == job_id)
+            s = s.where(s_t.c.job_id == job_id)
+        if tenant_id is not None:
+            s = s.where(s_t.c.job_id.in_(select(jobs.c.id).where(jobs.c.tenant_id == tenant_id)))
         candidates += [
             ("summary", r.id, r.job_id, r.start_s, r.end_s, f"{r.title}: {r.text}" if r.title else r.text, r.level)
-            for r in session.scalars(s.limit(FALLBACK_CANDIDATES))
+            for r in await conn.execute(s.limit(FALLBACK_CANDIDATES))
         ]
 
     def score(body: str) -> float:
@@ -194,7 +225,7 @@ def _search_fallback(
     page = scored[offset : offset + limit]
     sources: dict[str, str] = {}
     if page:
-        rows = session.execute(select(m.Job.id, m.Job.source_uri).where(m.Job.id.in_({c[2] for _, c in page})))
+        rows = await conn.execute(select(jobs.c.id, jobs.c.source_uri).where(jobs.c.id.in_({c[2] for _, c in page})))
         sources = {r[0]: r[1] for r in rows}
     return [
         SearchHit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,7 +13,10 @@ from earshot import __version__ as earshot_version
 from earshot.auth import models as _auth_models  # noqa: F401  (registers api_keys on the Base)
 from earshot.config import Settings, get_settings
 from services.api import problems
+from services.api.db import Database
+from services.api.limits import BodyLimitMiddleware
 from services.api.metrics import ApiMetrics, MetricsMiddleware
+from services.api.principals import KeyCache
 from services.api.routers import conversations, health, jobs, keys, results, search
 from services.api.schemas import JobCreate, UploadForm
 
@@ -47,7 +52,15 @@ def _add_models(schema: dict[str, Any], *models: type[Any]) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.db.dispose()
+        app.state.metrics.worker_exited()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Earshot",
         version=earshot_version,
         description=DESCRIPTION,
@@ -62,9 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics()
+    app.state.db = Database(settings)
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
     problems.install(app)
     for module in (health, jobs, results, search, conversations, keys):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_json_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:

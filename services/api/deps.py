@@ -1,21 +1,38 @@
-"""FastAPI dependencies: settings, a database session per request, API-key auth, the queue."""
+"""The dependencies every router uses, and the one way routes answer.
+
+- ``SettingsDep``: the app's Settings.
+- ``ConnDep``: an async read connection for this request (AUTOCOMMIT; see ``db.py``).
+- ``ReadKey`` / ``SubmitKey`` / ``AdminKey``: the caller (a ``Principal``), checked for the scope.
+- ``EnqueueDep``: how jobs reach the queue (tests override ``get_enqueuer``).
+- ``answer(body)``: a ready Response; bodies are serialised once (orjson or model_dump_json).
+- ``in_thread(settings, fn)``: sync library code that blocks on more than the database.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request, Response
+from fastapi import BackgroundTasks, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from earshot.auth import ApiKey, authenticate, scope_allows
 from earshot.config import Settings
-from earshot.db.models import Job
-from earshot.db.session import session_factory
+from earshot.db.session import session_scope
+from earshot.jobs import dispatch as jobs_dispatch
+from earshot.jobs.dispatch import Enqueuer
+from earshot.results import fetch_job
+from services.api import serializers
+from services.api.db import Database
+from services.api.principals import KeyCache, Principal
 from services.api.problems import ApiProblem
+
+JSON = "application/json"
+T = TypeVar("T")
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -33,18 +50,20 @@ def get_settings_dep(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; routes that write commit themselves, anything else rolls back."""
-    session = session_factory(request.app.state.settings.database_url)()
-    try:
-        yield session
-    finally:
-        session.close()
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.db
+    return database
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 
-Enqueuer = Callable[[str], Any]
+
+async def get_conn(request: Request) -> AsyncIterator[AsyncConnection]:
+    async with request.app.state.db.reader() as conn:
+        yield conn
+
+
+ConnDep = Annotated[AsyncConnection, Depends(get_conn)]
 
 
 def default_enqueue(job_id: str) -> Any:
@@ -61,67 +80,98 @@ def get_enqueuer() -> Enqueuer:
 
 EnqueueDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="earshot"'}
+_INVALID = {"WWW-Authenticate": 'Bearer realm="earshot", error="invalid_token"'}
 
-def require_scope(scope: str) -> Callable[..., ApiKey]:
-    def check(
-        session: SessionDep,
+
+def require_scope(scope: str) -> Callable[..., Any]:
+    async def check(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> ApiKey:
-        challenge = {"WWW-Authenticate": 'Bearer realm="earshot"'}
+    ) -> Principal:
         if credentials is None:
             raise ApiProblem(401, "an API key is required (Authorization: Bearer ek_...)",
-                             code="unauthenticated", headers=challenge)
-        try:
-            key = authenticate(session, credentials.credentials)
-        finally:
-            # Hand the connection back before the route runs in another thread hop (see reply).
-            session.close()
-        if key is None:
-            raise ApiProblem(401, "unknown or revoked API key", code="invalid_key",
-                             headers={"WWW-Authenticate": 'Bearer realm="earshot", error="invalid_token"'})
-        if not scope_allows(key.scopes, scope):
+                             code="unauthenticated", headers=_CHALLENGE)
+        cache: KeyCache = request.app.state.key_cache
+        principal = await cache.lookup(request.app.state.db, credentials.credentials)
+        if principal is None:
+            raise ApiProblem(401, "unknown or revoked API key", code="invalid_key", headers=_INVALID)
+        if not principal.allows(scope):
             raise ApiProblem(403, f"this key lacks the {scope!r} scope", code="insufficient_scope")
-        return key
+        request.state.principal = principal
+        return principal
 
     check.__name__ = f"require_{scope}"
     return check
 
 
-ReadKey = Annotated[ApiKey, Depends(require_scope("read"))]
-SubmitKey = Annotated[ApiKey, Depends(require_scope("submit"))]
-AdminKey = Annotated[ApiKey, Depends(require_scope("admin"))]
+ReadKey = Annotated[Principal, Depends(require_scope("read"))]
+SubmitKey = Annotated[Principal, Depends(require_scope("submit"))]
+AdminKey = Annotated[Principal, Depends(require_scope("admin"))]
 
 
-def reply(
-    session: Session,
-    body: BaseModel | str | bytes,
+def answer(
+    body: Any,
     *,
     status_code: int = 200,
-    media_type: str = "application/json",
+    media_type: str = JSON,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """End a sync route: give the connection back, then answer with a ready response.
+    """Every route ends here: ``body`` is ready data (dict/list/model, serialised once) or text/bytes.
 
-    Returning a Response (not a model) skips FastAPI's second validation of the model, and for
-    sync routes that validation runs in another thread hop. A request holding a pooled
-    connection while it waits for a thread, with every thread waiting for a connection, is a
-    deadlock (it happened at 64 concurrent requests); so no connection outlives the route.
+    Returning a Response also skips FastAPI's second validation of the documented model.
     """
-    session.close()
-    content = body.model_dump_json() if isinstance(body, BaseModel) else body
+    content = body if isinstance(body, bytes | str) else serializers.dumps(body)
     return Response(content, status_code=status_code, media_type=media_type, headers=headers)
 
 
-def load_job(session: Session, job_id: str, *, with_audio: bool = False) -> Job:
-    """The job or a 404 problem; ids that are not UUIDs cannot exist and skip the database.
+async def in_thread(settings: Settings, fn: Callable[[Session], T]) -> T:
+    """Sync library code that also waits on storage or the model, in one thread hop.
 
-    ``with_audio`` loads the audio file row in the same query (for the job payload).
+    The session is opened, committed and closed inside that hop, so no pooled connection is
+    ever held by a request that waits for a thread (the deadlock of the old sync routes).
+    Pure database work uses ``db.run_sync`` instead: no thread at all.
     """
+
+    def call() -> T:
+        with session_scope(settings.database_url) as session:
+            return fn(session)
+
+    return await run_in_threadpool(call)
+
+
+async def dispatch(job_id: str, *, settings: Settings, enqueue: Enqueuer, background: BackgroundTasks) -> None:
+    """Queue a created job (``earshot.jobs.dispatch``); a queue outage answers 503."""
+    if settings.broker_url is None:
+        background.add_task(jobs_dispatch.run_in_process, job_id, settings=settings, enqueue=enqueue)
+        return
     try:
-        canonical = str(uuid.UUID(job_id))
+        await run_in_threadpool(jobs_dispatch.enqueue_or_fail, job_id, settings=settings, enqueue=enqueue)
+    except jobs_dispatch.QueueUnavailable as exc:
+        raise ApiProblem(503, exc.message, code="queue_unavailable", headers={"Retry-After": "10"}) from None
+
+
+def tenant_scope(principal: Principal) -> str | None:
+    """The tenant a query is limited to; None for admin keys (they act across tenants)."""
+    return None if principal.admin else principal.tenant_id
+
+
+def not_found(job_id: str) -> ApiProblem:
+    # another tenant's job answers exactly like a missing one
+    return ApiProblem(404, f"no job {job_id[:64]}", code="not_found")
+
+
+def canonical_id(job_id: str) -> str:
+    """Ids that are not UUIDs cannot exist: 404 without a query."""
+    try:
+        return str(uuid.UUID(job_id))
     except ValueError:
-        raise ApiProblem(404, f"no job {job_id[:64]!r}", code="not_found") from None
-    job = session.get(Job, canonical, options=[joinedload(Job.audio_file)] if with_audio else None)
-    if job is None:
-        raise ApiProblem(404, f"no job {job_id}", code="not_found")
-    return job
+        raise not_found(job_id) from None
+
+
+async def load_job(conn: AsyncConnection, principal: Principal, job_id: str) -> Row[Any]:
+    """The job (``results.JOB_COLUMNS``) if this caller may see it, else a 404 problem."""
+    row = await fetch_job(conn, canonical_id(job_id), tenant_id=tenant_scope(principal))
+    if row is None:
+        raise not_found(job_id)
+    return row

@@ -1,44 +1,70 @@
-"""Prometheus metrics: requests and latency by route template, method and status."""
+"""Prometheus metrics: requests and latency by route template, method and status.
+
+One process (``earshot api``): a registry per app, with process metrics. Several worker
+processes (``earshot api --workers N``): prometheus-client's multiprocess mode. The CLI points
+``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before the workers start; every worker
+writes its samples there and ``/metrics``, whichever worker answers, adds them all up
+(counters and histograms summed, the in-progress gauge summed over live workers).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
 
 
 class ApiMetrics:
     """One registry per app, so several apps (tests) never collide on metric names."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.multiprocess = multiprocess_dir() is not None
+        # what the metric objects write to; in multiprocess mode they write files instead
+        own = CollectorRegistry()
+        if self.multiprocess:
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry)
+        else:
+            self.registry = own
+            ProcessCollector(registry=own)
+            PlatformCollector(registry=own)
         self.requests = Counter(
             "earshot_api_requests_total",
             "HTTP requests served",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "earshot_api_request_duration_seconds",
             "Time to the end of the response",
             ["method", "route"],
             buckets=BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self.in_progress = Gauge(
-            "earshot_api_requests_in_progress", "Requests being served", registry=self.registry
+            "earshot_api_requests_in_progress", "Requests being served", registry=own,
+            multiprocess_mode="livesum",
         )
         self.uploaded_bytes = Counter(
-            "earshot_api_upload_bytes_total", "Audio bytes received by uploads", registry=self.registry
+            "earshot_api_upload_bytes_total", "Audio bytes received by uploads", registry=own
         )
+
+    def worker_exited(self) -> None:
+        """A worker's live gauges stop counting once it is gone."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware:

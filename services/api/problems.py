@@ -138,7 +138,8 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(request, exc.status_code, detail, headers=dict(exc.headers or {}))
+        code = "too_large" if exc.status_code == 413 else None
+        return problem_response(request, exc.status_code, detail, code=code, headers=dict(exc.headers or {}))
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -24,6 +24,8 @@ S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/[^\x00-\x1f\x7f]{1
 CALLBACK_URL = r"^https?://[^\s\x00-\x1f]+$"
 # any text but control characters (newlines and tabs are fine)
 QUESTION = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")]
+MAX_QUESTIONS = 20
+MAX_TASKS = len(TASKS)
 
 
 class ErrorOut(BaseModel):
@@ -77,6 +79,9 @@ class JobOut(BaseModel):
     timings: dict[str, float] = Field(description="Seconds spent per stage")
     error: ErrorOut | None
     outputs: dict[str, str] = Field(description="Result files by format")
+    tenant_id: str | None = Field(
+        default=None, description="The job's tenant; only in answers to admin keys, which see every tenant"
+    )
 
 
 class JobPage(BaseModel):
@@ -108,9 +113,11 @@ class JobCreate(BaseModel):
 
     uri: str = Field(description="s3://bucket/key of the audio", pattern=S3_URI.pattern, max_length=1100)
     tasks: list[TaskName] | None = Field(
-        default=None, min_length=1, description="Default: the server's EARSHOT_DEFAULT_TASKS"
+        default=None, min_length=1, max_length=MAX_TASKS, description="Default: the server's EARSHOT_DEFAULT_TASKS"
     )
-    questions: list[QUESTION] = Field(default_factory=list, max_length=20, description="Free-form questions")
+    questions: list[QUESTION] = Field(
+        default_factory=list, max_length=MAX_QUESTIONS, description="Free-form questions"
+    )
     callback_url: str | None = Field(
         default=None, max_length=2000, pattern=CALLBACK_URL, description="POSTed the job id when it finishes"
     )
@@ -123,9 +130,10 @@ class UploadForm(BaseModel):
 
     file: bytes = Field(json_schema_extra={"format": "binary"}, description="The audio file")
     tasks: list[TaskName] = Field(
-        default_factory=list, description="Repeat the field, or comma-separate; default: the server's default tasks"
+        default_factory=list, max_length=MAX_TASKS,
+        description="Repeat the field, or comma-separate; default: the server's default tasks",
     )
-    questions: list[QUESTION] = Field(default_factory=list, max_length=20)
+    questions: list[QUESTION] = Field(default_factory=list, max_length=MAX_QUESTIONS)
     callback_url: str = Field(default="", max_length=2000, pattern=CALLBACK_URL)
 
 
@@ -324,7 +332,7 @@ class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "dashboard", "scopes": ["read"]}]})
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
-    scopes: list[Literal["read", "submit", "admin"]] = Field(min_length=1)
+    scopes: list[Literal["read", "submit", "admin"]] = Field(min_length=1, max_length=3)
 
 
 class ApiKeyPage(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,16 +130,37 @@ def test_readyz_reports_an_unreachable_database(api_env: Any, api_queue: QueueRe
     assert r.json()["code"] == "not_ready"
 
 
-def test_revoked_key_stops_working_at_once(api_client: TestClient, api_env: Any) -> None:
+def test_revoked_key_stops_working_within_cache_window(api_env: Any, api_queue: QueueRecorder) -> None:
+    """Keys are cached per process for ``api_key_cache_s``: a key revoked elsewhere (here: the
+    CLI's function on the database) keeps working at most that long, then answers 401."""
+    from tests.fixtures.api import make_app
+
+    window = 2.0
+    settings = api_env.model_copy(update={"api_key_cache_s": window})
     with session_scope() as s:
         key, token = create_key(s, name="short-lived", scopes=["read"])
         key_id = key.id
-    assert api_client.get("/v1/jobs", headers=bearer(token)).status_code == 200
+    with TestClient(make_app(settings, api_queue)) as client:
+        assert client.get("/v1/jobs", headers=bearer(token)).status_code == 200
+        cached_at = time.monotonic()
+        with session_scope() as s:
+            revoke_key(s, key_id)
+        still = client.get("/v1/jobs", headers=bearer(token))
+        if time.monotonic() - cached_at < window * 0.9:
+            assert still.status_code == 200  # served from the cache, as documented
+        time.sleep(max(0.0, cached_at + window + 0.2 - time.monotonic()))
+        r = client.get("/v1/jobs", headers=bearer(token))
+        assert r.status_code == 401
+        assert r.json()["code"] == "invalid_key"
+
+
+def test_key_revoked_through_the_api_stops_at_once(api_client: TestClient, api_tokens: Tokens) -> None:
     with session_scope() as s:
-        revoke_key(s, key_id)
-    r = api_client.get("/v1/jobs", headers=bearer(token))
-    assert r.status_code == 401
-    assert r.json()["code"] == "invalid_key"
+        key, token = create_key(s, name="revoked-here", scopes=["read"])
+        key_id = key.id
+    assert api_client.get("/v1/jobs", headers=bearer(token)).status_code == 200  # now cached
+    assert api_client.post(f"/v1/keys/{key_id}/revoke", headers=bearer(api_tokens.admin)).status_code == 200
+    assert api_client.get("/v1/jobs", headers=bearer(token)).status_code == 401
 
 
 def test_keys_api_round_trip(api_client: TestClient, api_tokens: Tokens) -> None:

@@ -10,8 +10,7 @@ from earshot.config import Settings
 from earshot.db.models import Job
 from services.api.app import create_app
 from services.api.problems import ApiProblem
-from services.api.routers.jobs import decode_cursor, encode_cursor
-from services.api.routers.search import _cursor, _offset
+from services.api.cursors import decode_job_cursor, decode_offset, encode_job_cursor, encode_offset
 from services.api.upload import safe_filename
 
 
@@ -33,19 +32,19 @@ def test_safe_filename(raw: str | None, safe: str) -> None:
     assert safe_filename(raw) == safe
 
 
-def test_job_cursor_round_trip() -> None:
+def test_job_cursor_round_trips_and_refuses_foreign_text() -> None:
     job = Job(id="0b8e2a52-5a8e-4f38-9d1e-1f6f3f1c2b7a", created_at=datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
-    assert decode_cursor(encode_cursor(job)) == (job.created_at, job.id)
+    assert decode_job_cursor(encode_job_cursor(job)) == (job.created_at, job.id)
     for bad in ("", "!!!", "bnVsbA", "e30"):
         with pytest.raises(ApiProblem):
-            decode_cursor(bad)
+            decode_job_cursor(bad)
 
 
-def test_search_cursor() -> None:
-    assert _offset(None) == 0 and _offset(_cursor(40)) == 40
-    for bad in ("eA", "bzotMQ", _cursor(10**9)):
+def test_search_cursor_round_trips_and_refuses_offsets_past_the_cap() -> None:
+    assert decode_offset(None) == 0 and decode_offset(encode_offset(40)) == 40
+    for bad in ("eA", "bzotMQ", encode_offset(10**9)):
         with pytest.raises(ApiProblem):
-            _offset(bad)
+            decode_offset(bad)
 
 
 def test_openapi_documents_problems_and_security() -> None:

@@ -1,8 +1,10 @@
 """``/v1/conversations``: questions and multi-turn, multi-audio chat over processed files.
 
-Its session, settings and engine come from its own dependencies (overridable with
-``app.dependency_overrides``). Reads need the ``read`` scope; questions and deletes need
-``submit``, like every other write in the API.
+It uses the dependencies every router uses (``services.api.deps``); only the engine is its own
+(``get_chat_engine``, overridable with ``app.dependency_overrides``). Reads need the ``read``
+scope; questions and deletes need ``submit``, like every other write in the API. The chat
+service is sync and waits on storage and the model, so each route runs it in one thread hop
+(``deps.in_thread``) that opens and closes its own session.
 
 Answers stream as server-sent events when the body says ``"stream": true``::
 
@@ -36,56 +38,33 @@ from earshot.chat.schemas import (
     ConversationSummary,
     TurnCreate,
 )
-from earshot.config import Settings, get_settings
-from earshot.db.session import session_factory, session_scope
+from earshot.config import Settings
+from earshot.db.session import session_scope
 from earshot.engines.base import Engine
 from earshot.errors import EarshotError, EngineError, InputError, StorageError
-from services.api.deps import require_scope
+from services.api.deps import ReadKey, SettingsDep, SubmitKey, answer, in_thread
 from services.api.problems import ApiProblem, responses
 
 # every route needs a key: document the answers without one or with the wrong scope
-router = APIRouter(prefix="/v1/conversations", tags=["conversations"], responses=responses(400, 401, 403, 422))
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"], responses=responses(400, 401, 403, 413, 422))
 
 SSE_MEDIA_TYPE = "text/event-stream"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-# ---- dependencies (override any of them in the app or in tests) ------------------------------
-
-
-read_access = require_scope("read")
-write_access = require_scope("submit")
-
-
-def get_chat_settings(request: Request) -> Settings:
-    settings = getattr(request.app.state, "settings", None)
-    return settings if isinstance(settings, Settings) else get_settings()
-
-
-def get_db(settings: Annotated[Settings, Depends(get_chat_settings)]) -> Iterator[Session]:
-    session = session_factory(settings.database_url)()
-    try:
-        yield session
-    finally:
-        session.close()
-
-
-def get_chat_engine() -> Engine:
+def get_chat_engine(request: Request) -> Engine:
+    """The inference engine (tests override this dependency with a tiny model's)."""
     from earshot.engines import get_engine
 
     try:
-        return get_engine()
+        return get_engine(request.app.state.settings)
     except EarshotError as exc:
         # a missing or unreachable model is the server's problem, not the request's: 503, as
         # documented, with the reason (a 500 would say "bug")
         raise ApiProblem(503, f"the inference engine is not available: {exc.message}", code=exc.code) from exc
 
 
-SettingsDep = Annotated[Settings, Depends(get_chat_settings)]
-DbDep = Annotated[Session, Depends(get_db)]
 EngineDep = Annotated[Engine, Depends(get_chat_engine)]
-Read = Depends(read_access)
-Write = Depends(write_access)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -188,38 +167,46 @@ _ERRORS = {
         "turn is answered at once (or streamed); without, the clips wait for the first turn."
     ),
     responses={200: _STREAM_DOC, **_ERRORS},  # type: ignore[dict-item]
-    dependencies=[Write],
 )
-def create_conversation(
-    body: ConversationCreate, response: Response, session: DbDep, settings: SettingsDep, engine: EngineDep
-) -> ConversationOut | StreamingResponse:
-    with _problems():
-        conv = service.create_conversation(session, settings=settings, title=body.title, clips=body.all_clips())
-        session.commit()
-        conversation_id = conv.id
-    response.headers["Location"] = f"{router.prefix}/{conversation_id}"
-    if body.question:
-        result = _answer(
-            session, settings, engine, conversation_id=conversation_id, body=body,
-            question=body.question, with_clips=False,
-        )
-        if isinstance(result, StreamingResponse):
-            result.headers["Location"] = response.headers["Location"]
-            return result
-    with _problems():
-        return service.conversation_out(service.get_conversation(session, conversation_id))
+async def create_conversation(
+    body: ConversationCreate, _key: SubmitKey, settings: SettingsDep, engine: EngineDep
+) -> Response:
+    def work(session: Session) -> tuple[str, ConversationOut | StreamingResponse]:
+        with _problems():
+            conv = service.create_conversation(session, settings=settings, title=body.title, clips=body.all_clips())
+            session.commit()
+            conversation_id = conv.id
+        if body.question:
+            result = _answer(
+                session, settings, engine, conversation_id=conversation_id, body=body,
+                question=body.question, with_clips=False,
+            )
+            if isinstance(result, StreamingResponse):
+                return conversation_id, result
+        with _problems():
+            return conversation_id, service.conversation_out(service.get_conversation(session, conversation_id))
+
+    conversation_id, result = await in_thread(settings, work)
+    location = f"{router.prefix}/{conversation_id}"
+    if isinstance(result, StreamingResponse):
+        result.headers["Location"] = location
+        return result
+    return answer(result, status_code=status.HTTP_201_CREATED, headers={"Location": location})
 
 
 @router.get(
     "",
     response_model=list[ConversationSummary],
     summary="Conversations, most recently active first",
-    dependencies=[Read],
 )
-def list_conversations(
-    session: DbDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
-) -> list[ConversationSummary]:
-    return [service.conversation_summary(c) for c in service.list_conversations(session, limit=limit)]
+async def list_conversations(
+    _key: ReadKey, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> Response:
+    def work(session: Session) -> list[dict[str, object]]:
+        return [service.conversation_summary(c).model_dump(mode="json")
+                for c in service.list_conversations(session, limit=limit)]
+
+    return answer(await in_thread(settings, work))
 
 
 @router.get(
@@ -227,11 +214,13 @@ def list_conversations(
     response_model=ConversationOut,
     summary="A conversation with its clips and every turn (answers, reasoning traces)",
     responses={404: _ERRORS[404]},
-    dependencies=[Read],
 )
-def get_conversation(conversation_id: str, session: DbDep) -> ConversationOut:
-    with _problems():
-        return service.conversation_out(service.get_conversation(session, conversation_id))
+async def get_conversation(conversation_id: str, _key: ReadKey, settings: SettingsDep) -> Response:
+    def work(session: Session) -> ConversationOut:
+        with _problems():
+            return service.conversation_out(service.get_conversation(session, conversation_id))
+
+    return answer(await in_thread(settings, work))
 
 
 @router.delete(
@@ -239,12 +228,13 @@ def get_conversation(conversation_id: str, session: DbDep) -> ConversationOut:
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a conversation and its turns",
     responses={404: _ERRORS[404]},
-    dependencies=[Write],
 )
-def delete_conversation(conversation_id: str, session: DbDep) -> Response:
-    with _problems():
-        service.delete_conversation(session, conversation_id)
-        session.commit()
+async def delete_conversation(conversation_id: str, _key: SubmitKey, settings: SettingsDep) -> Response:
+    def work(session: Session) -> None:
+        with _problems():
+            service.delete_conversation(session, conversation_id)
+
+    await in_thread(settings, work)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -255,15 +245,17 @@ def delete_conversation(conversation_id: str, session: DbDep) -> Response:
     summary="Ask a question; later questions can refer back to earlier audio",
     description="Attach more clips with `clips`/`job_ids`. `think`, `speak` and `stream` as documented.",
     responses={200: _STREAM_DOC, **_ERRORS},  # type: ignore[dict-item]
-    dependencies=[Write],
 )
-def add_turn(
-    conversation_id: str, body: TurnCreate, session: DbDep, settings: SettingsDep, engine: EngineDep
-) -> AnswerOut | StreamingResponse:
-    return _answer(
+async def add_turn(
+    conversation_id: str, body: TurnCreate, _key: SubmitKey, settings: SettingsDep, engine: EngineDep
+) -> Response:
+    result = await in_thread(settings, lambda session: _answer(
         session, settings, engine, conversation_id=conversation_id, body=body,
         question=body.question, with_clips=True,
-    )
+    ))
+    if isinstance(result, StreamingResponse):
+        return result
+    return answer(result, status_code=status.HTTP_201_CREATED)
 
 
 @router.get(
@@ -271,13 +263,15 @@ def add_turn(
     response_class=Response,
     summary="The spoken answer of a turn (WAV)",
     responses={200: {"content": {"audio/wav": {}}, "description": "The spoken answer"}, 404: _ERRORS[404]},
-    dependencies=[Read],
 )
-def turn_speech(conversation_id: str, seq: int, session: DbDep) -> Response:
-    with _problems():
-        conv = service.get_conversation(session, conversation_id)
-        turn = next((t for t in conv.turns if t.seq == seq), None)
-        if turn is None or not turn.speech_uri:
-            raise ApiProblem(404, f"turn {seq} of conversation {conversation_id} has no spoken answer", code="not_found")
-        data = storage.read_bytes(turn.speech_uri)
-    return Response(content=data, media_type="audio/wav")
+async def turn_speech(conversation_id: str, seq: int, _key: ReadKey, settings: SettingsDep) -> Response:
+    def work(session: Session) -> bytes:
+        with _problems():
+            conv = service.get_conversation(session, conversation_id)
+            turn = next((t for t in conv.turns if t.seq == seq), None)
+            if turn is None or not turn.speech_uri:
+                raise ApiProblem(404, f"turn {seq} of conversation {conversation_id} has no spoken answer",
+                                 code="not_found")
+            return storage.read_bytes(turn.speech_uri)
+
+    return answer(await in_thread(settings, work), media_type="audio/wav")

@@ -7,16 +7,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from earshot.db.session import session_factory
+from services.api.deps import DatabaseDep, answer
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
+_OK = b'{"status":"ok"}'
+_READY = b'{"status":"ok","database":"ok"}'
+
 
 @router.get("/healthz", response_model=Health, summary="The process is up")
-def healthz() -> Health:
-    return Health(status="ok")
+async def healthz() -> Response:
+    return answer(_OK)
 
 
 @router.get(
@@ -25,14 +28,14 @@ def healthz() -> Health:
     summary="The database is reachable",
     responses=responses(503),
 )
-def readyz(request: Request) -> Readiness:
+async def readyz(db: DatabaseDep) -> Response:
     try:
-        with session_factory(request.app.state.settings.database_url)() as session:
-            session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
+        async with db.reader() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as exc:
         raise ApiProblem(503, f"database unreachable: {type(exc).__name__}", code="not_ready",
                          headers={"Retry-After": "5"}) from None
-    return Readiness(status="ok", database="ok")
+    return answer(_READY)
 
 
 @router.get(
@@ -42,6 +45,6 @@ def readyz(request: Request) -> Readiness:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                      "description": "Prometheus text exposition format"}},
 )
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return answer(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,40 +2,50 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 
-from earshot.auth import ApiKey, create_key, list_keys, revoke_key
-from services.api.deps import AdminKey, SessionDep, reply
+from earshot.auth import create_key, list_keys, revoke_key
+from services.api import serializers
+from services.api.db import run_sync
+from services.api.deps import AdminKey, ConnDep, DatabaseDep, answer
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-def key_out(key: ApiKey) -> ApiKeyOut:
-    return ApiKeyOut(id=key.id, name=key.name, prefix=key.prefix, scopes=list(key.scopes),
-                     created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at)
-
-
 @router.get("", response_model=ApiKeyPage, summary="Every key (never the secrets)", responses=responses(401, 403))
-def get_keys(session: SessionDep, _key: AdminKey) -> Response:
-    return reply(session, ApiKeyPage(keys=[key_out(k) for k in list_keys(session)]))
+async def get_keys(conn: ConnDep, _key: AdminKey) -> Response:
+    keys = await run_sync(conn, lambda s: [serializers.key(k) for k in list_keys(s)])
+    return answer({"keys": keys})
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=201, summary="Create a key; the token is shown once",
-             responses=responses(400, 401, 403, 422))
-def post_key(session: SessionDep, _key: AdminKey, body: ApiKeyCreate) -> Response:
+             responses=responses(400, 401, 403, 413, 422))
+async def post_key(db: DatabaseDep, _key: AdminKey, body: ApiKeyCreate) -> Response:
+    async with db.transaction() as tx:
+        created = await run_sync(tx, lambda s: _create(s, body))
+    return answer(created, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+def _create(session: Session, body: ApiKeyCreate) -> dict[str, object]:
     key, token = create_key(session, name=body.name, scopes=body.scopes)
-    session.commit()
-    created = ApiKeyCreated(**key_out(key).model_dump(), token=token)
-    return reply(session, created, status_code=201, headers={"Cache-Control": "no-store"})
+    return {**serializers.key(key), "token": token}
 
 
-@router.post("/{key_id}/revoke", response_model=ApiKeyOut, summary="Revoke a key (by id or prefix); at once",
+@router.post("/{key_id}/revoke", response_model=ApiKeyOut,
+             summary="Revoke a key (by id or prefix); at once in this process, within the key cache window elsewhere",
              responses=responses(401, 403, 404, 422))
-def post_revoke(session: SessionDep, _key: AdminKey, key_id: str) -> Response:
-    key = revoke_key(session, key_id)
-    if key is None:
+async def post_revoke(request: Request, db: DatabaseDep, _key: AdminKey, key_id: str) -> Response:
+    async with db.transaction() as tx:
+        revoked = await run_sync(tx, lambda s: _revoke(s, key_id))
+    if revoked is None:
         raise ApiProblem(404, f"no key {key_id[:64]!r}", code="not_found")
-    session.commit()
-    return reply(session, key_out(key))
+    request.app.state.key_cache.forget(revoked["id"])
+    return answer(revoked)
+
+
+def _revoke(session: Session, ref: str) -> dict[str, object] | None:
+    key = revoke_key(session, ref)
+    return serializers.key(key) if key is not None else None

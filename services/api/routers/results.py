@@ -7,48 +7,40 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from earshot import exports, storage
-from earshot.db import models as m
+from earshot.db.models import Job
 from earshot.errors import StorageError
 from earshot.jobs.report import build_report
-from earshot.results import Utterance
-from services.api.deps import ReadKey, SessionDep, load_job, reply
-from services.api.problems import ApiProblem, responses
-from services.api.schemas import (
-    EventOut,
-    EventsOut,
-    ExportName,
-    ReasoningOut,
-    SpeechOut,
-    SummaryItem,
-    SummaryOut,
-    TraceOut,
-    TranscriptOut,
-    UtteranceOut,
+from earshot.results import (
+    Utterance,
+    fetch_events,
+    fetch_speech,
+    fetch_summaries,
+    fetch_traces,
+    fetch_utterances,
 )
+from services.api import serializers
+from services.api.db import run_sync
+from services.api.deps import ConnDep, ReadKey, SettingsDep, answer, load_job
+from services.api.problems import ApiProblem, responses
+from services.api.schemas import EventsOut, ExportName, ReasoningOut, SpeechOut, SummaryOut, TranscriptOut
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"])
-LEVEL_ORDER = {"file": 0, "chapter": 1, "section": 2, "segment": 3, "caption": 4}
 ERRORS = responses(401, 403, 404, 422)
-
-
-def _utterances(session: Session, job_id: str) -> list[tuple[float, float, str]]:
-    # plain columns, not ORM objects: four times faster for a long transcript
-    rows = session.execute(
-        select(m.Utterance.start_s, m.Utterance.end_s, m.Utterance.text)
-        .where(m.Utterance.job_id == job_id)
-        .order_by(m.Utterance.start_s, m.Utterance.segment_index, m.Utterance.seq)
-    )
-    return [(r[0], r[1], r[2]) for r in rows]
-
 
 _TEXT_FORMATS = {
     name: {"schema": {"type": "string"}}
     for name in ("application/x-subrip", "text/vtt", "text/plain", "text/markdown")
 }
+
+
+def _report_markdown(session: Session, job_id: str) -> str:
+    job = session.get(Job, job_id)
+    assert job is not None
+    return exports.to_markdown(build_report(session, job))
 
 
 @router.get(
@@ -58,52 +50,32 @@ _TEXT_FORMATS = {
     description="`format=md` renders the whole job report (summary, chapters, events, transcript).",
     responses={200: {"content": _TEXT_FORMATS, "description": "The transcript"}, **ERRORS},
 )
-def transcript(
-    session: SessionDep,
-    _key: ReadKey,
+async def transcript(
+    conn: ConnDep,
+    key: ReadKey,
     job_id: str,
     format: Annotated[ExportName, Query(description="json, srt, vtt, txt or md")] = "json",
 ) -> Response:
-    job = load_job(session, job_id)
+    job = await load_job(conn, key, job_id)
     if format == "md":
-        body = exports.to_markdown(build_report(session, job))
-        return reply(session, body, media_type=exports.FORMATS["md"].content_type)
-    rows = _utterances(session, job.id)
+        body = await run_sync(conn, lambda s: _report_markdown(s, job.id))
+        return answer(body, media_type=exports.FORMATS["md"].content_type)
+    rows = await fetch_utterances(conn, job.id)
     if format == "json":
-        # rows are trusted (typed columns): construct without validating and serialise once
-        out = TranscriptOut.model_construct(
-            job_id=job.id,
-            status=job.status,
-            utterances=[UtteranceOut.model_construct(start=s, end=e, text=t) for s, e, t in rows],
-        )
-        return reply(session, out)
+        return answer(serializers.transcript(job.id, job.status, rows))
     utterances = [Utterance(start=s, end=e, text=t) for s, e, t in rows]
     writers = {"srt": exports.to_srt, "vtt": exports.to_vtt, "txt": exports.to_txt}
-    body = writers[format](utterances)
-    return reply(
-        session,
-        body,
+    return answer(
+        writers[format](utterances),
         media_type=exports.FORMATS[format].content_type,
         headers={"Content-Disposition": f'inline; filename="{job.id}{exports.FORMATS[format].extension}"'},
     )
 
 
 @router.get("/summary", response_model=SummaryOut, summary="Summaries at every level", responses=ERRORS)
-def summary(session: SessionDep, _key: ReadKey, job_id: str) -> Response:
-    job = load_job(session, job_id)
-    rows = sorted(
-        session.scalars(select(m.Summary).where(m.Summary.job_id == job.id)),
-        key=lambda s: (LEVEL_ORDER.get(s.level, 9), s.level, s.idx),
-    )
-    return reply(session, SummaryOut(
-        job_id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        summary=next((s.text for s in rows if s.level == "file"), None),
-        items=[
-            SummaryItem(level=s.level, idx=s.idx, start=s.start_s, end=s.end_s, title=s.title, text=s.text)
-            for s in rows
-        ],
-    ))
+async def summary(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
+    job = await load_job(conn, key, job_id)
+    return answer(serializers.summaries(job.id, job.status, await fetch_summaries(conn, job.id)))
 
 
 @router.get(
@@ -112,9 +84,9 @@ def summary(session: SessionDep, _key: ReadKey, job_id: str) -> Response:
     summary="Timestamped sound events, optionally filtered by label and time",
     responses=ERRORS,
 )
-def events(
-    session: SessionDep,
-    _key: ReadKey,
+async def events(
+    conn: ConnDep,
+    key: ReadKey,
     job_id: str,
     label: Annotated[
         str | None, Query(min_length=1, max_length=200, description="Case-insensitive substring of the label")
@@ -129,47 +101,15 @@ def events(
         float | None, Query(ge=0, allow_inf_nan=False, description="Events at least this long (seconds)")
     ] = None,
 ) -> Response:
-    job = load_job(session, job_id)
-    if label and "\x00" in label:  # no label holds NUL (PostgreSQL text cannot)
-        return reply(session, EventsOut(job_id=job.id, status=job.status, events=[]))  # type: ignore[arg-type]
-    conds = [m.Event.job_id == job.id]
-    if label:
-        escaped = label.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conds.append(func.lower(m.Event.label).like(f"%{escaped}%", escape="\\"))
-    if start is not None:
-        conds.append(m.Event.end_s >= start)
-    if end is not None:
-        conds.append(m.Event.start_s <= end)
-    if min_duration is not None:
-        conds.append(m.Event.end_s - m.Event.start_s >= min_duration)
-    rows = session.scalars(select(m.Event).where(and_(*conds)).order_by(m.Event.start_s, m.Event.segment_index, m.Event.seq))
-    return reply(session, EventsOut(
-        job_id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        events=[
-            EventOut(start=e.start_s, end=e.end_s, duration=e.end_s - e.start_s, label=e.label, raw=e.raw or "")
-            for e in rows
-        ],
-    ))
+    job = await load_job(conn, key, job_id)
+    rows = await fetch_events(conn, job.id, label=label, start=start, end=end, min_duration=min_duration)
+    return answer(serializers.events(job.id, job.status, rows))
 
 
 @router.get("/reasoning", response_model=ReasoningOut, summary="Reasoning traces and answers", responses=ERRORS)
-def reasoning(session: SessionDep, _key: ReadKey, job_id: str) -> Response:
-    job = load_job(session, job_id)
-    rows = session.scalars(
-        select(m.ReasoningTrace)
-        .where(m.ReasoningTrace.job_id == job.id)
-        .order_by(m.ReasoningTrace.segment_index, m.ReasoningTrace.seq)
-    )
-    return reply(session, ReasoningOut(
-        job_id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        traces=[
-            TraceOut(segment_index=t.segment_index, question=t.question, thinking=t.thinking,
-                               answer=t.answer, adapter=t.adapter)
-            for t in rows
-        ],
-    ))
+async def reasoning(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
+    job = await load_job(conn, key, job_id)
+    return answer(serializers.reasoning(job.id, job.status, await fetch_traces(conn, job.id)))
 
 
 def _stream(uri: str) -> Iterator[bytes]:
@@ -182,29 +122,31 @@ def _stream(uri: str) -> Iterator[bytes]:
     "/speech",
     response_model=SpeechOut,
     summary="The spoken summary: a presigned URL, or the audio itself with download=true",
+    description="The URL lives `expires_s` seconds: 15 minutes by default, at most "
+                "`EARSHOT_API_PRESIGN_MAX_S` (one hour or less).",
     responses={
         200: {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
               "description": "Metadata and a URL, or the WAV bytes"},
         **responses(401, 403, 404, 422, 502, 503),
     },
 )
-def speech(
-    session: SessionDep,
-    _key: ReadKey,
+async def speech(
+    conn: ConnDep,
+    key: ReadKey,
+    settings: SettingsDep,
     job_id: str,
     download: Annotated[bool, Query(description="Stream the audio instead of returning a URL")] = False,
-    expires_s: Annotated[int, Query(ge=60, le=7 * 24 * 3600, description="Lifetime of the URL")] = 3600,
+    expires_s: Annotated[
+        int | None, Query(ge=60, le=3600, description="Lifetime of the URL in seconds (default 900)")
+    ] = None,
 ) -> Response:
-    job = load_job(session, job_id)
-    out = session.scalar(
-        select(m.SpeechOutput).where(m.SpeechOutput.job_id == job.id).order_by(m.SpeechOutput.kind)
-    )
+    job = await load_job(conn, key, job_id)
+    out = await fetch_speech(conn, job.id)
     if out is None:
         raise ApiProblem(404, "this job has no spoken output (task 'speak', once it succeeded)", code="no_speech")
     if download:
-        session.close()  # the stream is read in thread hops: hold no connection meanwhile
         try:
-            size = storage.head(out.uri).size
+            size = (await run_in_threadpool(storage.head, out.uri)).size
         except StorageError as exc:
             if exc.code == "not_found":
                 raise ApiProblem(404, "the speech file is gone from storage", code="not_found") from None
@@ -212,9 +154,9 @@ def speech(
         return StreamingResponse(
             _stream(out.uri),
             media_type="audio/wav",
-            headers={"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{job.id}-{out.kind}.wav"'},
+            headers={"Content-Length": str(size),
+                     "Content-Disposition": f'attachment; filename="{job.id}-{out.kind}.wav"'},
         )
-    return reply(session, SpeechOut(
-        job_id=job.id, kind=out.kind, uri=out.uri, url=storage.presign(out.uri, expires_s),
-        duration_s=out.duration_s, voice=out.voice, sample_rate=out.sample_rate,
-    ))
+    lifetime = min(expires_s or settings.api_presign_default_s, settings.api_presign_max_s)
+    url = await run_in_threadpool(storage.presign, out.uri, lifetime)
+    return answer(serializers.speech(job.id, out, url))

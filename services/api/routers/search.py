@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from earshot.search import KINDS, search
-from services.api.deps import ReadKey, SessionDep, reply
-from services.api.problems import ApiProblem, responses
-from services.api.schemas import SearchHitOut, SearchOut
+from services.api import serializers
+from services.api.cursors import MAX_SEARCH_OFFSET, decode_offset, encode_offset
+from services.api.deps import ConnDep, ReadKey, answer, tenant_scope
+from services.api.problems import responses
+from services.api.schemas import SearchOut
 
 router = APIRouter(prefix="/v1", tags=["search"])
-MAX_OFFSET = 10_000
-
-
-def _offset(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("o:"):
-            raise ValueError(raw)
-        offset = int(raw[2:])
-        if not 0 <= offset <= MAX_OFFSET:
-            raise ValueError(raw)
-        return offset
-    except (ValueError, UnicodeDecodeError):
-        raise ApiProblem(
-            422, "cursor is not one this API returned", code="bad_cursor",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from None
-
-
-def _cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
 
 
 @router.get(
@@ -46,30 +24,23 @@ def _cursor(offset: int) -> str:
     description=(
         "Web-search syntax (PostgreSQL `websearch_to_tsquery`): words are ANDed, `\"quoted phrases\"`, "
         "`or`, `-excluded`. Each hit carries its job, the absolute start/end second and a snippet "
-        "with `<mark>` around the matches."
+        "with `<mark>` around the matches. Only the caller's tenant's jobs are searched (admin keys: all)."
     ),
     responses=responses(401, 403, 422),
 )
-def search_route(
-    session: SessionDep,
-    _key: ReadKey,
+async def search_route(
+    conn: ConnDep,
+    key: ReadKey,
     q: Annotated[str, Query(min_length=1, max_length=500, description="What to look for")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page")] = None,
     job_id: Annotated[uuid.UUID | None, Query(description="Only this job")] = None,
     kind: Annotated[Literal["utterance", "summary"] | None, Query(description="Only this kind of hit")] = None,
 ) -> Response:
-    offset = _offset(cursor)
-    page = search(
-        session, q, limit=limit, offset=offset, job_id=str(job_id) if job_id else None,
-        kinds=[kind] if kind else KINDS,
+    offset = decode_offset(cursor)
+    page = await search(
+        conn, q, limit=limit, offset=offset, job_id=str(job_id) if job_id else None,
+        kinds=[kind] if kind else KINDS, tenant_id=tenant_scope(key),
     )
-    return reply(session, SearchOut(
-        query=q,
-        hits=[
-            SearchHitOut(kind=h.kind, job_id=h.job_id, source=h.source, start=h.start, end=h.end,
-                         text=h.text, snippet=h.snippet, score=h.score, level=h.level)
-            for h in page.hits
-        ],
-        next_cursor=_cursor(offset + limit) if page.hits and page.has_more and offset + limit <= MAX_OFFSET else None,
-    ))
+    more = page.hits and page.has_more and offset + limit <= MAX_SEARCH_OFFSET
+    return answer(serializers.search(q, page.hits, encode_offset(offset + limit) if more else None))
