@@ -1,4 +1,10 @@
-"""The `earshot` console script: one Typer app with a sub-app per area."""
+"""The `earshot` console script: one Typer app with a sub-app per area.
+
+Every area is imported here by name. Their modules import only the core requirements at the
+top; what needs an extra (torch, tritonclient, uvicorn) is imported inside the command that
+uses it, so `earshot --help` works on any install and a missing extra fails that one command
+with a readable error.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,9 @@ import typer
 
 from earshot.config import get_settings
 from earshot.logs import setup_logging
-from services.cli import admin, jobs
+from services.cli import admin, api, ask, export, ingest, jobs, keys, train, triton
 
 app = typer.Typer(help="Earshot: batch audio understanding on Audio Flamingo 3.", no_args_is_help=True)
-app.command("run")(jobs.run)
-app.command("worker")(admin.worker)
-app.add_typer(jobs.jobs_app, name="jobs")
-app.add_typer(admin.db_app, name="db")
-app.add_typer(admin.model_app, name="model")
 
 
 @app.callback()
@@ -22,37 +23,21 @@ def _setup() -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
 
 
-# Areas mounted when their module exists and imports (some need extras).
-# (module, attribute, name, is_group)
-OPTIONAL = [
-    ("earshot.training.cli", "app", "train", True),
-    ("services.cli.triton", "app", "triton", True),
-    ("services.cli.ingest", "app", "ingest", True),
-    ("services.cli.keys", "app", "keys", True),
-    ("services.cli.api", "serve", "api", False),
-    ("services.cli.export", "export", "export", False),
-    ("services.cli.ask", "ask", "ask", False),
-]
+# commands
+app.command("run")(jobs.run)
+app.command("export")(export.export)
+app.command("ask")(ask.ask)
+app.command("api")(api.serve)
+app.command("worker")(admin.worker)
 
-
-def _mount_optional() -> None:
-    import importlib
-
-    for module, attr, name, group in OPTIONAL:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue  # the area is not part of this build
-            raise
-        obj = getattr(mod, attr)
-        if group:
-            app.add_typer(obj, name=name)
-        else:
-            app.command(name)(obj)
-
-
-_mount_optional()
+# groups
+app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(admin.db_app, name="db")
+app.add_typer(admin.model_app, name="model")
+app.add_typer(ingest.app, name="ingest")
+app.add_typer(keys.app, name="keys")
+app.add_typer(train.app, name="train")
+app.add_typer(triton.app, name="triton")
 
 if __name__ == "__main__":
     app()

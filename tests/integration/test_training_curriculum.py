@@ -164,7 +164,7 @@ def test_runs_and_stage_metrics_are_in_the_database(run: Run) -> None:
 
 
 def test_status_command_and_rerun_is_a_no_op(run: Run, caplog: pytest.LogCaptureFixture) -> None:
-    from earshot.training.cli import app
+    from services.cli.train import app
 
     runner = CliRunner()
     out = runner.invoke(app, ["status", "--database-url", run.db_url, "--json"])

@@ -1,5 +1,5 @@
 """``python -m workers.training run --config ...``: the same CLI as ``earshot train``."""
 
-from earshot.training.cli import main
+from services.cli.train import main
 
 main()

@@ -1,7 +1,7 @@
 """`earshot train ...`: run a curriculum stage, show runs, run the CPU demo.
 
 Mounted by services/cli/main.py as ``earshot train``; also runnable on its own as
-``python -m earshot.training`` (e.g. under ``torchrun``).
+``python -m workers.training`` (e.g. under ``torchrun``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,0 @@
-"""``python -m earshot.training run --config ...`` (e.g. ``torchrun -m earshot.training ...``)."""
-
-from earshot.training.cli import main
-
-main()
