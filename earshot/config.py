@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     task_max_retries: int = 5
     task_retry_backoff_s: float = 2.0
+    # transient trouble (database, broker, storage, engine) is retried with jittered backoff
+    # for this long before the job fails as retryable; long enough for a restart or failover
+    task_retry_window_s: float = 600.0
+    task_retry_max_delay_s: float = 60.0
+    # watchdog: a running step renews its lease every job_heartbeat_s; a non-terminal job
+    # without progress for job_stale_after_s is re-enqueued by `earshot jobs reap`
+    job_heartbeat_s: float = 20.0
+    job_stale_after_s: float = 600.0
+    # infrastructure failures are retried by the sweeper this long after they failed, this often
+    job_retry_failed_after_s: float = 300.0
+    job_infra_retry_limit: int = 5
 
     # Inference
     engine: Literal["local", "triton"] = "local"
@@ -42,7 +53,7 @@ class Settings(BaseSettings):
     budget_speech_tokens_per_s: float = 6.0  # transcripts: ~2.5 words/s of speech, 2x margin
     budget_audio_tokens_per_s: float = 1.0  # events, summaries, answers: per second of clip
     # transcription chunks: silero-vad speech, merged into chunks (docs/transcription.md)
-    vad_threshold: float = 0.5
+    vad_threshold: float = 0.4  # silero default 0.5 missed soft onsets after long pauses
     vad_max_chunk_s: float = 30.0
     vad_max_gap_s: float = 3.0
     # characters of child summaries per reduce call; keeps each call inside the LLM context
@@ -62,7 +73,8 @@ class Settings(BaseSettings):
     # Audio and jobs
     max_segment_s: float = 600.0
     max_file_bytes: int = 4 * 1024**3
-    max_duration_s: float = 12 * 3600.0
+    # 4 h: a long meeting or podcast; tiny silent files must not buy hours of model work
+    max_duration_s: float = 4 * 3600.0
     default_tasks: list[str] = Field(
         default_factory=lambda: ["transcribe", "caption", "events", "summarize", "speak"]
     )
@@ -102,7 +114,11 @@ class Settings(BaseSettings):
     ingest_sqs_endpoint_url: str | None = None
     ingest_webhook_secret: str | None = None
     ingest_sns_verify: bool = True
-    ingest_sns_topic_arns: list[str] = Field(default_factory=list)  # empty: any verified topic
+    # SNS messages are accepted only from these topics; empty: none (docs/security.md)
+    ingest_sns_topic_arns: list[str] = Field(default_factory=list)
+    # signed webhook requests: timestamp within this many seconds of now; SNS: at most this old
+    ingest_webhook_max_skew_s: int = 300
+    ingest_sns_max_age_s: int = 3600
 
     # Completion callbacks: POST {job_id, status}, HMAC-SHA256 signed, retried with backoff
     callback_url: str | None = None  # default for jobs that carry no callback_url
@@ -110,6 +126,10 @@ class Settings(BaseSettings):
     callback_max_attempts: int = 8
     callback_backoff_s: float = 5.0
     callback_timeout_s: float = 10.0
+    # SSRF controls (earshot/callbacks/ssrf.py): https only, public addresses only, unless set
+    callback_allow_http: bool = False
+    callback_allow_private: bool = False
+    callback_allowed_hosts: list[str] = Field(default_factory=list)  # empty: any public host
 
     log_level: str = "INFO"
     log_json: bool = False

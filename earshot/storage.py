@@ -9,9 +9,17 @@ Every function takes a URI string. Accepted forms:
 Prefix semantics follow S3 everywhere: a prefix is a string prefix of the key (or absolute
 path), so ``list_objects("file:///data/a")`` matches ``/data/a/x`` and ``/data/ab``.
 
-Errors are raised as :class:`earshot.errors.StorageError` with ``code`` ``"not_found"`` (no
-such object or bucket), ``"too_large"`` (``read_bytes`` limit) or ``"storage_error"``;
-``retryable`` is set when the failure looks transient (network, throttling, 5xx).
+Each scheme is one backend class behind the same small interface (:class:`FileBackend`,
+:class:`S3Backend`, like httpx's transports); the module functions parse the URI and call
+the backend. Low-level errors are mapped to :class:`earshot.errors.StorageError` in one
+place per backend: ``code`` ``"not_found"`` (no such object, version or bucket -- see
+:class:`NotFound`), ``"version_mismatch"`` (a pinned read found another version),
+``"too_large"`` (``read_bytes`` limit) or ``"storage_error"``; ``retryable`` is set when the
+failure looks transient (network, throttling, 5xx).
+
+:class:`ObjectInfo` is Earshot's one description of an object version (the API, the CLI, the
+ingest bridge and the reconciler all use it); its :attr:`ObjectInfo.version` is the rule
+"version id, else etag" and S3's ``"null"`` version id is normalised to None here.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import boto3
@@ -54,8 +62,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "AccessDenied",
+    "Backend",
+    "FileBackend",
+    "NotFound",
     "ObjectInfo",
     "ObjectRef",
+    "S3Backend",
     "clear_client_cache",
     "delete",
     "delete_prefix",
@@ -64,6 +77,8 @@ __all__ = [
     "head",
     "join_uri",
     "list_objects",
+    "mirror_prefix",
+    "normalise_version_id",
     "open_read",
     "parse_uri",
     "presign",
@@ -97,6 +112,7 @@ def _read_umask() -> int:
 # mkstemp creates 0600 files; results must get the mode a plain open() would give them.
 _FILE_MODE = 0o666 & ~_read_umask()
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
+_DENIED_CODES = ("403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -196,9 +212,16 @@ def join_uri(base: str, *parts: str) -> str:
     return ObjectRef(ref.scheme, ref.bucket, key).uri
 
 
-@dataclass
+def normalise_version_id(version_id: object) -> str | None:
+    """S3 reports ``"null"`` for objects written while versioning was off: no version id."""
+    if version_id in (None, "", "null"):
+        return None
+    return str(version_id)
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
-    """Metadata of one object.
+    """One version of one object: what a job is created for and what a worker must read.
 
     ``etag`` is S3's ETag without quotes; for local files it is a cheap ``mtime-size`` tag,
     not a content hash. ``version_id`` is only set for versioned S3 buckets (and not by
@@ -206,11 +229,34 @@ class ObjectInfo:
     """
 
     uri: str
-    size: int
+    size: int | None
     etag: str | None
     version_id: str | None
-    last_modified: datetime | None
+    last_modified: datetime | None = None
     content_type: str | None = None
+
+    @property
+    def version(self) -> str:
+        """What makes an upload distinct: the version id, else the etag, else ""."""
+        return self.version_id or self.etag or ""
+
+    @property
+    def ref(self) -> ObjectRef:
+        return parse_uri(self.uri)
+
+
+class NotFound(StorageError):
+    """No such object, version or bucket; ``bucket_missing`` tells the last one apart."""
+
+    code = "not_found"
+
+    def __init__(self, message: str, *, bucket_missing: bool = False) -> None:
+        super().__init__(message)
+        self.bucket_missing = bucket_missing
+
+
+class AccessDenied(StorageError):
+    code = "storage_error"
 
 
 # --------------------------------------------------------------------------- S3 client
@@ -248,6 +294,7 @@ def clear_client_cache() -> None:
 
 
 def _s3_error(exc: Exception, ref: ObjectRef, action: str) -> StorageError:
+    """The one mapping of boto3/botocore errors to Earshot's."""
     where = ref.uri
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
@@ -255,14 +302,19 @@ def _s3_error(exc: Exception, ref: ObjectRef, action: str) -> StorageError:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         detail = error.get("Message") or code or "unknown error"
         if code == "NoSuchBucket":
-            return StorageError(
-                f"cannot {action} {where}: bucket {ref.bucket!r} does not exist",
-                code="not_found",
+            return NotFound(
+                f"cannot {action} {where}: bucket {ref.bucket!r} does not exist", bucket_missing=True
             )
         if code in _NOT_FOUND_CODES:
-            return StorageError(f"cannot {action} {where}: no such object", code="not_found")
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return StorageError(f"cannot {action} {where}: access denied ({detail})")
+            what = "no such version" if code == "NoSuchVersion" else "no such object"
+            return NotFound(f"cannot {action} {where}: {what}")
+        if code in ("412", "PreconditionFailed"):
+            return StorageError(
+                f"cannot {action} {where}: the object changed (ETag no longer matches)",
+                code="version_mismatch",
+            )
+        if code in _DENIED_CODES:
+            return AccessDenied(f"cannot {action} {where}: access denied ({detail})")
         err = StorageError(f"cannot {action} {where}: {code or status}: {detail}")
         err.retryable = code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500)
         return err
@@ -270,11 +322,13 @@ def _s3_error(exc: Exception, ref: ObjectRef, action: str) -> StorageError:
         # upload_file flattens the ClientError into a message string.
         text = str(exc)
         if "NoSuchBucket" in text:
-            return StorageError(
-                f"cannot {action} {where}: bucket {ref.bucket!r} does not exist",
-                code="not_found",
+            return NotFound(
+                f"cannot {action} {where}: bucket {ref.bucket!r} does not exist", bucket_missing=True
             )
-        return StorageError(f"cannot {action} {where}: {text}")
+        err = StorageError(f"cannot {action} {where}: {text}")
+        # connection failures arrive here too; only a refusal is final
+        err.retryable = not any(c in text for c in _DENIED_CODES)
+        return err
     err = StorageError(f"cannot {action} {where}: {exc}")
     err.retryable = isinstance(
         exc,
@@ -292,7 +346,7 @@ _S3_ERRORS = (ClientError, BotoCoreError, S3UploadFailedError)
 
 def _file_error(exc: OSError, ref: ObjectRef, action: str) -> StorageError:
     if isinstance(exc, FileNotFoundError):
-        return StorageError(f"cannot {action} {ref.uri}: no such file", code="not_found")
+        return NotFound(f"cannot {action} {ref.uri}: no such file")
     if isinstance(exc, IsADirectoryError):
         return StorageError(f"cannot {action} {ref.uri}: is a directory")
     if isinstance(exc, PermissionError):
@@ -300,7 +354,7 @@ def _file_error(exc: OSError, ref: ObjectRef, action: str) -> StorageError:
     return StorageError(f"cannot {action} {ref.uri}: {exc.strerror or exc}")
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- shared helpers
 
 
 class _BodyReader(io.RawIOBase):
@@ -332,59 +386,12 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
-@contextmanager
-def open_read(uri: str, *, buffer_size: int = 1024 * 1024) -> Iterator[BinaryIO]:
-    """Open an object for streaming reads; nothing is loaded whole into memory."""
-    ref = parse_uri(uri)
-    stream: BinaryIO
-    if ref.scheme == "file":
-        try:
-            stream = open(ref.key, "rb")
-        except OSError as exc:
-            raise _file_error(exc, ref, "read") from exc
-    else:
-        assert ref.bucket is not None
-        try:
-            response = s3_client().get_object(Bucket=ref.bucket, Key=ref.key)
-        except _S3_ERRORS as exc:
-            raise _s3_error(exc, ref, "read") from exc
-        stream = io.BufferedReader(_BodyReader(response["Body"], ref), buffer_size=buffer_size)
-    try:
-        yield stream
-    finally:
-        stream.close()
-
-
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
-    """Read a small object whole; beyond ``max_bytes`` raise StorageError(code="too_large")."""
-    with open_read(uri) as stream:
-        if max_bytes is None:
-            return stream.read()
-        # One byte more than allowed tells "exactly max" from "too big" without reading on.
-        data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise StorageError(f"{uri} is larger than {max_bytes} bytes", code="too_large")
-    return data
-
-
-def download_to(
-    uri: str, path: str | os.PathLike[str], chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> int:
-    """Stream an object into a local file (atomically); returns the number of bytes."""
-    target = Path(path)
-    with open_read(uri) as stream:
-        return _atomic_write(target, lambda out: _copy(stream, out, chunk_size))
-
-
 def _copy(src: BinaryIO, dst: BinaryIO, chunk_size: int) -> int:
     total = 0
     while chunk := src.read(chunk_size):
         dst.write(chunk)
         total += len(chunk)
     return total
-
-
-# --------------------------------------------------------------------------- writing
 
 
 def _atomic_write(target: Path, write: Callable[[BinaryIO], int]) -> int:
@@ -412,66 +419,112 @@ def _content_type(key: str, content_type: str | None) -> str:
     return guessed or "application/octet-stream"
 
 
-def put_bytes(uri: str, data: bytes, content_type: str | None = None) -> str:
-    """Store ``data`` at ``uri``; returns the canonical URI.
+def _strip_etag(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else None
 
-    Without ``content_type`` S3 objects get one guessed from the key's extension.
-    """
-    ref = parse_uri(uri)
-    if ref.scheme == "file":
-        _check_file_target(ref)
+
+# --------------------------------------------------------------------------- backends
+
+
+class Backend(Protocol):
+    """What one scheme must do. ``version_id``/``if_match`` pin a read to one version."""
+
+    def open_read(self, ref: ObjectRef, *, version_id: str | None, if_match: str | None) -> BinaryIO: ...
+    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str | None) -> None: ...
+    def put_file(self, ref: ObjectRef, source: Path, content_type: str | None) -> None: ...
+    def head(self, ref: ObjectRef, *, version_id: str | None = None) -> ObjectInfo: ...
+    def exists(self, ref: ObjectRef) -> bool: ...
+    def list(self, ref: ObjectRef, recursive: bool, page_size: int) -> Iterator[ObjectInfo]: ...
+    def delete(self, ref: ObjectRef) -> None: ...
+    def delete_prefix(self, ref: ObjectRef) -> int: ...
+    def presign(self, ref: ObjectRef, expires_s: int) -> str: ...
+
+
+class FileBackend:
+    """``file://`` paths. Writes are atomic (temp file + rename)."""
+
+    def open_read(self, ref: ObjectRef, *, version_id: str | None, if_match: str | None) -> BinaryIO:
+        try:
+            stream = open(ref.key, "rb")
+        except OSError as exc:
+            raise _file_error(exc, ref, "read") from exc
+        if if_match is not None:
+            current = _file_info(ref.path, os.fstat(stream.fileno())).etag
+            if current != if_match:
+                stream.close()
+                raise StorageError(
+                    f"cannot read {ref.uri}: the file changed (tag {current}, expected {if_match})",
+                    code="version_mismatch",
+                )
+        return stream
+
+    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str | None) -> None:
+        self._check_target(ref)
         try:
             _atomic_write(ref.path, lambda out: out.write(data))
         except OSError as exc:
             raise _file_error(exc, ref, "write") from exc
-        return ref.uri
-    assert ref.bucket is not None
-    try:
-        s3_client().put_object(
-            Bucket=ref.bucket,
-            Key=ref.key,
-            Body=data,
-            ContentType=_content_type(ref.key, content_type),
-        )
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "write") from exc
-    return ref.uri
 
-
-def put_file(uri: str, path: str | os.PathLike[str], content_type: str | None = None) -> str:
-    """Upload a local file (multipart above 8 MiB on S3); returns the canonical URI."""
-    ref = parse_uri(uri)
-    source = Path(path)
-    if not source.is_file():
-        raise StorageError(f"cannot upload {source}: no such local file", code="not_found")
-    if ref.scheme == "file":
-        _check_file_target(ref)
+    def put_file(self, ref: ObjectRef, source: Path, content_type: str | None) -> None:
+        self._check_target(ref)
         try:
             with open(source, "rb") as src:
                 _atomic_write(ref.path, lambda out: _copy(src, out, DEFAULT_CHUNK_SIZE))
         except OSError as exc:
             raise _file_error(exc, ref, "write") from exc
+
+    @staticmethod
+    def _check_target(ref: ObjectRef) -> None:
+        if ref.key.endswith("/"):
+            raise StorageError(f"cannot write {ref.uri}: URI names a directory")
+
+    def head(self, ref: ObjectRef, *, version_id: str | None = None) -> ObjectInfo:
+        try:
+            st = ref.path.stat()
+        except OSError as exc:
+            raise _file_error(exc, ref, "stat") from exc
+        if not ref.path.is_file():
+            raise StorageError(f"cannot stat {ref.uri}: not a regular file")
+        return _file_info(ref.path, st)
+
+    def exists(self, ref: ObjectRef) -> bool:
+        return ref.path.is_file()
+
+    def list(self, ref: ObjectRef, recursive: bool, page_size: int) -> Iterator[ObjectInfo]:
+        return _list_files(ref.key, recursive)
+
+    def delete(self, ref: ObjectRef) -> None:
+        try:
+            ref.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _file_error(exc, ref, "delete") from exc
+
+    def delete_prefix(self, ref: ObjectRef) -> int:
+        count = 0
+        dirs: set[str] = set()
+        for info in list(_list_files(ref.key, recursive=True)):
+            path = parse_uri(info.uri).path
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise _file_error(exc, ref, "delete") from exc
+            count += 1
+            dirs.add(str(path.parent))
+        # Drop directories the delete emptied, deepest first; the listing root itself stays
+        # (it may be a mount point or configured output directory).
+        root = (ref.key if ref.key.endswith("/") else os.path.dirname(ref.key)).rstrip("/")
+        for directory in sorted(dirs, key=len, reverse=True):
+            current = directory
+            while len(current) > len(root) and current.startswith(root + "/"):
+                try:
+                    os.rmdir(current)
+                except OSError:
+                    break  # not empty (or already gone): its parents are not empty either
+                current = os.path.dirname(current)
+        return count
+
+    def presign(self, ref: ObjectRef, expires_s: int) -> str:
         return ref.uri
-    assert ref.bucket is not None
-    try:
-        s3_client().upload_file(
-            str(source),
-            ref.bucket,
-            ref.key,
-            ExtraArgs={"ContentType": _content_type(ref.key, content_type)},
-            Config=_TRANSFER_CONFIG,
-        )
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "write") from exc
-    return ref.uri
-
-
-def _check_file_target(ref: ObjectRef) -> None:
-    if ref.key.endswith("/"):
-        raise StorageError(f"cannot write {ref.uri}: URI names a directory")
-
-
-# --------------------------------------------------------------------------- metadata
 
 
 def _file_info(path: Path, st: os.stat_result | None = None) -> ObjectInfo:
@@ -483,101 +536,6 @@ def _file_info(path: Path, st: os.stat_result | None = None) -> ObjectInfo:
         version_id=None,
         last_modified=datetime.fromtimestamp(st.st_mtime, tz=UTC),
     )
-
-
-def exists(uri: str) -> bool:
-    """True if an object (not a prefix/directory) exists at ``uri``."""
-    ref = parse_uri(uri)
-    if ref.scheme == "file":
-        return ref.path.is_file()
-    assert ref.bucket is not None
-    try:
-        s3_client().head_object(Bucket=ref.bucket, Key=ref.key)
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES | {"NoSuchBucket"}:
-            return False
-        raise _s3_error(exc, ref, "check") from exc
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "check") from exc
-    return True
-
-
-def head(uri: str) -> ObjectInfo:
-    ref = parse_uri(uri)
-    if ref.scheme == "file":
-        try:
-            st = ref.path.stat()
-        except OSError as exc:
-            raise _file_error(exc, ref, "stat") from exc
-        if not ref.path.is_file():
-            raise StorageError(f"cannot stat {ref.uri}: not a regular file")
-        return _file_info(ref.path, st)
-    assert ref.bucket is not None
-    client = s3_client()
-    try:
-        response = client.head_object(Bucket=ref.bucket, Key=ref.key)
-    except ClientError as exc:
-        error = _s3_error(exc, ref, "stat")
-        if error.code == "not_found" and not _bucket_exists(client, ref.bucket):
-            # HEAD responses have no body, so S3 cannot say which of the two is missing.
-            error = StorageError(
-                f"cannot stat {ref.uri}: bucket {ref.bucket!r} does not exist", code="not_found"
-            )
-        raise error from exc
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "stat") from exc
-    return ObjectInfo(
-        uri=ref.uri,
-        size=response["ContentLength"],
-        etag=_strip_etag(response.get("ETag")),
-        version_id=response.get("VersionId"),
-        last_modified=response.get("LastModified"),
-        content_type=response.get("ContentType"),
-    )
-
-
-def _bucket_exists(client: S3Client, bucket: str) -> bool:
-    try:
-        client.head_bucket(Bucket=bucket)
-    except _S3_ERRORS:
-        return False
-    return True
-
-
-def _strip_etag(etag: str | None) -> str | None:
-    return etag.strip('"') if etag else None
-
-
-def list_objects(
-    prefix_uri: str, recursive: bool = True, *, page_size: int = 1000
-) -> Iterator[ObjectInfo]:
-    """Objects whose key starts with the prefix, in key order, fetched page by page.
-
-    ``recursive=False`` stops at the next ``/`` (sub-"directories" are not yielded).
-    A missing S3 bucket raises StorageError(not_found); a missing local directory is empty.
-    """
-    ref = parse_uri(prefix_uri)
-    if ref.scheme == "file":
-        yield from _list_files(ref.key, recursive)
-        return
-    assert ref.bucket is not None
-    paginator = s3_client().get_paginator("list_objects_v2")
-    kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": ref.key}
-    if not recursive:
-        kwargs["Delimiter"] = "/"
-    pages = paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size})
-    try:
-        for page in pages:
-            for item in page.get("Contents", []):
-                yield ObjectInfo(
-                    uri=f"s3://{ref.bucket}/{item['Key']}",
-                    size=item["Size"],
-                    etag=_strip_etag(item.get("ETag")),
-                    version_id=None,
-                    last_modified=item.get("LastModified"),
-                )
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "list") from exc
 
 
 def _list_files(prefix: str, recursive: bool) -> Iterator[ObjectInfo]:
@@ -604,23 +562,253 @@ def _list_files(prefix: str, recursive: bool) -> Iterator[ObjectInfo]:
             yield _file_info(Path(full), st)
 
 
-# --------------------------------------------------------------------------- deleting
+class S3Backend:
+    """``s3://`` on AWS, MinIO or moto, through one boto3 client."""
+
+    def __init__(self, client: S3Client) -> None:
+        self.client = client
+
+    def open_read(self, ref: ObjectRef, *, version_id: str | None, if_match: str | None) -> BinaryIO:
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        elif if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        try:
+            response = self.client.get_object(**kwargs)
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "read") from exc
+        return io.BufferedReader(_BodyReader(response["Body"], ref), buffer_size=1024 * 1024)
+
+    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str | None) -> None:
+        try:
+            self.client.put_object(
+                Bucket=ref.bucket or "", Key=ref.key, Body=data,
+                ContentType=_content_type(ref.key, content_type),
+            )
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "write") from exc
+
+    def put_file(self, ref: ObjectRef, source: Path, content_type: str | None) -> None:
+        try:
+            self.client.upload_file(
+                str(source), ref.bucket or "", ref.key,
+                ExtraArgs={"ContentType": _content_type(ref.key, content_type)},
+                Config=_TRANSFER_CONFIG,
+            )
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "write") from exc
+
+    def head(self, ref: ObjectRef, *, version_id: str | None = None) -> ObjectInfo:
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            response = self.client.head_object(**kwargs)
+        except ClientError as exc:
+            error = _s3_error(exc, ref, "stat")
+            if isinstance(error, NotFound) and not self._bucket_exists(ref.bucket or ""):
+                # HEAD responses have no body, so S3 cannot say which of the two is missing.
+                error = NotFound(
+                    f"cannot stat {ref.uri}: bucket {ref.bucket!r} does not exist", bucket_missing=True
+                )
+            raise error from exc
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "stat") from exc
+        return ObjectInfo(
+            uri=ref.uri,
+            size=response["ContentLength"],
+            etag=_strip_etag(response.get("ETag")),
+            version_id=normalise_version_id(response.get("VersionId")),
+            last_modified=response.get("LastModified"),
+            content_type=response.get("ContentType"),
+        )
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if isinstance(_s3_error(exc, ObjectRef("s3", bucket, ""), "stat"), NotFound):
+                return False
+            raise _s3_error(exc, ObjectRef("s3", bucket, ""), "stat") from exc
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ObjectRef("s3", bucket, ""), "stat") from exc
+        return True
+
+    def exists(self, ref: ObjectRef) -> bool:
+        try:
+            self.head(ref)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, ref: ObjectRef, recursive: bool, page_size: int) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": ref.key}
+        if not recursive:
+            kwargs["Delimiter"] = "/"
+        pages = paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size})
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        uri=f"s3://{ref.bucket}/{item['Key']}",
+                        size=item["Size"],
+                        etag=_strip_etag(item.get("ETag")),
+                        version_id=None,
+                        last_modified=item.get("LastModified"),
+                    )
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "list") from exc
+
+    def delete(self, ref: ObjectRef) -> None:
+        try:
+            self.client.delete_object(Bucket=ref.bucket or "", Key=ref.key)
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "delete") from exc
+
+    def delete_prefix(self, ref: ObjectRef) -> int:
+        count = 0
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal count
+            try:
+                response = self.client.delete_objects(
+                    Bucket=ref.bucket or "",
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except _S3_ERRORS as exc:
+                raise _s3_error(exc, ref, "delete") from exc
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"cannot delete {len(errors)} objects under {ref.uri}, e.g. "
+                    f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
+                )
+            count += len(batch)
+            batch.clear()
+
+        for info in self.list(ref, True, 1000):
+            batch.append(parse_uri(info.uri).key)
+            if len(batch) == 1000:  # DeleteObjects takes at most 1000 keys
+                flush()
+        if batch:
+            flush()
+        return count
+
+    def presign(self, ref: ObjectRef, expires_s: int) -> str:
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=expires_s
+            )
+        except _S3_ERRORS as exc:
+            raise _s3_error(exc, ref, "presign") from exc
+
+
+_FILES = FileBackend()
+
+
+def backend_for(ref: ObjectRef) -> Backend:
+    return _FILES if ref.scheme == "file" else S3Backend(s3_client())
+
+
+# --------------------------------------------------------------------------- module API
+
+
+@contextmanager
+def open_read(
+    uri: str, *, buffer_size: int = 1024 * 1024, version: ObjectInfo | None = None
+) -> Iterator[BinaryIO]:
+    """Open an object for streaming reads; nothing is loaded whole into memory.
+
+    ``version`` pins the read to that version (its version id, else If-Match on its etag):
+    another version raises StorageError ``version_mismatch`` (or NotFound if it is gone).
+    """
+    ref = parse_uri(uri)
+    version_id = version.version_id if version is not None else None
+    if_match = version.etag if version is not None and not version_id else None
+    stream = backend_for(ref).open_read(ref, version_id=version_id, if_match=if_match)
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """Read a small object whole; beyond ``max_bytes`` raise StorageError(code="too_large")."""
+    with open_read(uri) as stream:
+        if max_bytes is None:
+            return stream.read()
+        # One byte more than allowed tells "exactly max" from "too big" without reading on.
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise StorageError(f"{uri} is larger than {max_bytes} bytes", code="too_large")
+    return data
+
+
+def download_to(
+    uri: str,
+    path: str | os.PathLike[str],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    version: ObjectInfo | None = None,
+) -> int:
+    """Stream an object (``version``: exactly that version) into a local file, atomically."""
+    target = Path(path)
+    with open_read(uri, version=version) as stream:
+        return _atomic_write(target, lambda out: _copy(stream, out, chunk_size))
+
+
+def put_bytes(uri: str, data: bytes, content_type: str | None = None) -> str:
+    """Store ``data`` at ``uri``; returns the canonical URI.
+
+    Without ``content_type`` S3 objects get one guessed from the key's extension.
+    """
+    ref = parse_uri(uri)
+    backend_for(ref).put_bytes(ref, data, content_type)
+    return ref.uri
+
+
+def put_file(uri: str, path: str | os.PathLike[str], content_type: str | None = None) -> str:
+    """Upload a local file (multipart above 8 MiB on S3); returns the canonical URI."""
+    ref = parse_uri(uri)
+    source = Path(path)
+    if not source.is_file():
+        raise NotFound(f"cannot upload {source}: no such local file")
+    backend_for(ref).put_file(ref, source, content_type)
+    return ref.uri
+
+
+def exists(uri: str) -> bool:
+    """True if an object (not a prefix/directory) exists at ``uri``."""
+    ref = parse_uri(uri)
+    return backend_for(ref).exists(ref)
+
+
+def head(uri: str, *, version_id: str | None = None) -> ObjectInfo:
+    """The object's current version (or the given one); NotFound if it is not there."""
+    ref = parse_uri(uri)
+    return backend_for(ref).head(ref, version_id=version_id)
+
+
+def list_objects(
+    prefix_uri: str, recursive: bool = True, *, page_size: int = 1000
+) -> Iterator[ObjectInfo]:
+    """Objects whose key starts with the prefix, in key order, fetched page by page.
+
+    ``recursive=False`` stops at the next ``/`` (sub-"directories" are not yielded).
+    A missing S3 bucket raises StorageError(not_found); a missing local directory is empty.
+    """
+    ref = parse_uri(prefix_uri)
+    yield from backend_for(ref).list(ref, recursive, page_size)
 
 
 def delete(uri: str) -> None:
     """Delete one object; deleting a missing object is not an error (as on S3)."""
     ref = parse_uri(uri)
-    if ref.scheme == "file":
-        try:
-            ref.path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise _file_error(exc, ref, "delete") from exc
-        return
-    assert ref.bucket is not None
-    try:
-        s3_client().delete_object(Bucket=ref.bucket, Key=ref.key)
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "delete") from exc
+    backend_for(ref).delete(ref)
 
 
 def delete_prefix(prefix_uri: str) -> int:
@@ -632,64 +820,13 @@ def delete_prefix(prefix_uri: str) -> int:
     ref = parse_uri(prefix_uri)
     if (ref.scheme == "s3" and not ref.key) or (ref.scheme == "file" and ref.key == "/"):
         raise ValueError(f"refusing to delete everything under {ref.uri}")
-    if ref.scheme == "file":
-        return _delete_files(ref)
-    assert ref.bucket is not None
-    client = s3_client()
-    count = 0
-    batch: list[str] = []
-
-    def flush() -> None:
-        nonlocal count
-        try:
-            response = client.delete_objects(
-                Bucket=ref.bucket or "",
-                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
-            )
-        except _S3_ERRORS as exc:
-            raise _s3_error(exc, ref, "delete") from exc
-        errors = response.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise StorageError(
-                f"cannot delete {len(errors)} objects under {ref.uri}, e.g. "
-                f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
-            )
-        count += len(batch)
-        batch.clear()
-
-    for info in list_objects(ref.uri):
-        batch.append(parse_uri(info.uri).key)
-        if len(batch) == 1000:  # DeleteObjects takes at most 1000 keys
-            flush()
-    if batch:
-        flush()
-    return count
+    return backend_for(ref).delete_prefix(ref)
 
 
-def _delete_files(ref: ObjectRef) -> int:
-    count = 0
-    dirs: set[str] = set()
-    for info in list(_list_files(ref.key, recursive=True)):
-        path = parse_uri(info.uri).path
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise _file_error(exc, ref, "delete") from exc
-        count += 1
-        dirs.add(str(path.parent))
-    # Drop directories the delete emptied, deepest first; the listing root itself stays
-    # (it may be a mount point or configured output directory).
-    root = (ref.key if ref.key.endswith("/") else os.path.dirname(ref.key)).rstrip("/")
-    for directory in sorted(dirs, key=len, reverse=True):
-        current = directory
-        while len(current) > len(root) and current.startswith(root + "/"):
-            try:
-                os.rmdir(current)
-            except OSError:
-                break  # not empty (or already gone): its parents are not empty either
-            current = os.path.dirname(current)
-    return count
+def presign(uri: str, expires_s: int = 3600) -> str:
+    """A URL anyone can GET for ``expires_s`` seconds; for local files, the file URI."""
+    ref = parse_uri(uri)
+    return backend_for(ref).presign(ref, expires_s)
 
 
 def mirror_prefix(prefix_uri: str, cache_root: str | os.PathLike[str]) -> tuple[Path, int]:
@@ -716,16 +853,3 @@ def mirror_prefix(prefix_uri: str, cache_root: str | os.PathLike[str]) -> tuple[
         local.parent.mkdir(parents=True, exist_ok=True)
         download_to(info.uri, local)
     return target, found
-
-
-def presign(uri: str, expires_s: int = 3600) -> str:
-    """A URL anyone can GET for ``expires_s`` seconds; for local files, the file URI."""
-    ref = parse_uri(uri)
-    if ref.scheme == "file":
-        return ref.uri
-    try:
-        return s3_client().generate_presigned_url(
-            "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=expires_s
-        )
-    except _S3_ERRORS as exc:
-        raise _s3_error(exc, ref, "presign") from exc

@@ -7,6 +7,7 @@ from sqlalchemy import engine_from_config, pool
 
 # every table module, so autogenerate sees the whole schema and proposes no spurious drops
 from earshot.auth import models as _auth_models  # noqa: F401
+from earshot.callbacks import models as _callback_models  # noqa: F401
 from earshot.chat import models as _chat_models  # noqa: F401
 from earshot.config import get_settings
 from earshot.db import models as _models  # noqa: F401

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from earshot.db.base import Base, new_id, utcnow
 from earshot.tenants.models import DEFAULT_TENANT
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded")
+# superseded: the object version the job was made for was overwritten or deleted first
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "superseded")
 SEGMENT_STATUSES = ("pending", "running", "done", "failed")
 
 
@@ -81,6 +82,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # migration 0007_reliability: lease of the running step, outage failures, side effects done
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    retryable: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    settled_at: Mapped[datetime | None] = mapped_column()
 
     audio_file: Mapped[AudioFile] = relationship()
     segments: Mapped[list[Segment]] = relationship(

@@ -8,7 +8,10 @@ Sources (SQS, AMQP, webhook) only move bytes and act on :class:`Outcome.action`:
   back; nothing was lost and nothing done twice (every step is idempotent).
 
 A message that keeps failing for reasons nobody recognised is dead-lettered as
-``gave_up`` once it was received ``EARSHOT_INGEST_MAX_RECEIVES`` times.
+``gave_up`` once it was received ``EARSHOT_INGEST_MAX_RECEIVES`` times. An outage of the
+database, the broker or S3 never dead-letters anything: the outcome names the outage
+(:attr:`Outcome.outage`) and the runner pauses receiving until :meth:`Bridge.ready` says the
+downstream is back, so receive counts are not burnt while nothing can succeed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prometheus_client import Counter
+from sqlalchemy import text
 
+from earshot import storage
 from earshot.config import Settings
 from earshot.db.session import session_scope
 from earshot.errors import EarshotError
@@ -29,12 +34,12 @@ from earshot.ingest.events import BadMessage, ObjectEvent, ParsedMessage, parse_
 from earshot.ingest.filters import Filters, Reject, Skip
 from earshot.ingest.submit import (
     Enqueue,
-    ObjectVersion,
     Submitted,
     head_object,
     output_prefix_for,
     submit_object,
 )
+from earshot.jobs.failures import outage_code
 
 __all__ = ["Bridge", "Delivery", "Outcome"]
 
@@ -63,6 +68,7 @@ class Outcome:
     dead_letters: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
     test_event: bool = False
     error: str | None = None
+    outage: str | None = None  # "database_unavailable", "broker_unavailable", "storage_error"
     parsed: ParsedMessage | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -76,11 +82,14 @@ class Outcome:
             "dead_letters": [{"reason": r, "detail": d} for r, d in self.dead_letters],
             "test_event": self.test_event,
             "error": self.error,
+            "outage": self.outage,
         }
 
 
 class _Retry(Exception):
-    pass
+    def __init__(self, message: str, outage: str | None = None) -> None:
+        super().__init__(message)
+        self.outage = outage
 
 
 class Bridge:
@@ -92,13 +101,29 @@ class Bridge:
         *,
         enqueue: Enqueue,
         filters: Filters | None = None,
-        head: Callable[[str, str, str | None], ObjectVersion | Skip | Reject] = head_object,
+        head: Callable[[str, str, str | None], storage.ObjectInfo | Skip | Reject] = head_object,
+        probe_broker: Callable[[], None] | None = None,
     ) -> None:
         output_prefix_for(settings, "check")  # refuse an empty output prefix at start-up
         self.settings = settings
         self.enqueue = enqueue
         self.filters = filters or Filters.from_settings(settings)
         self.head = head
+        self.probe_broker = probe_broker
+
+    def ready(self) -> str | None:
+        """None when the database and the broker answer; else the outage code."""
+        try:
+            with session_scope(self.settings.database_url) as s:
+                s.execute(text("SELECT 1"))
+        except Exception:
+            return "database_unavailable"
+        if self.probe_broker is not None:
+            try:
+                self.probe_broker()
+            except Exception:
+                return "broker_unavailable"
+        return None
 
     # ------------------------------------------------------------------ messages
 
@@ -123,6 +148,11 @@ class Bridge:
             for event in parsed.events:
                 self._record(delivery, event, outcome)
         except _Retry as exc:
+            if exc.outage is not None:
+                outcome.action, outcome.error, outcome.outage = "retry", str(exc), exc.outage
+                MESSAGES.labels("retry").inc()
+                log.warning("message %s from %s: %s; retried", delivery.message_id, delivery.source, exc)
+                return outcome
             return self._retry_or_give_up(delivery, outcome, str(exc))
         MESSAGES.labels("dead_letter" if outcome.dead_letters else "ok").inc()
         return outcome
@@ -132,15 +162,14 @@ class Bridge:
             outcome.skipped.append((event.uri, "not_object_created"))
             RECORDS.labels("skipped").inc()
             return
-        verdict: ObjectVersion | Skip | Reject | None = self.filters.check(
+        verdict: storage.ObjectInfo | Skip | Reject | None = self.filters.check(
             event.bucket, event.key, event.size
         )
         if verdict is None and self.settings.ingest_verify_objects:
             verdict = self._head(event)
         elif verdict is None:
-            verdict = ObjectVersion(
-                bucket=event.bucket, key=event.key, size=event.size, etag=event.etag,
-                version_id=event.version_id,
+            verdict = storage.ObjectInfo(
+                uri=event.uri, size=event.size, etag=event.etag, version_id=event.version_id,
             )
         if isinstance(verdict, Skip):
             log.debug("ignoring %s: %s %s", event.uri, verdict.reason, verdict.detail)
@@ -150,7 +179,7 @@ class Bridge:
         if isinstance(verdict, Reject):
             self._dead_record(delivery, event, outcome, verdict.reason, verdict.detail)
             return
-        assert isinstance(verdict, ObjectVersion)
+        assert isinstance(verdict, storage.ObjectInfo)
         try:
             submitted = submit_object(
                 verdict, settings=self.settings, enqueue=self.enqueue, source=delivery.source,
@@ -158,23 +187,22 @@ class Bridge:
             )
         except EarshotError as exc:
             if exc.retryable:
-                raise _Retry(f"{exc.code}: {exc.message}") from exc
+                raise _Retry(f"{exc.code}: {exc.message}", outage_code(exc)) from exc
             self._dead_record(delivery, event, outcome, exc.code, exc.message)
             return
         except Exception as exc:  # database or broker trouble: try again later
-            log.warning("cannot submit %s: %s", event.uri, exc, exc_info=True)
-            raise _Retry(f"{type(exc).__name__}: {exc}") from exc
+            raise _Retry(f"cannot submit {event.uri}: {type(exc).__name__}: {exc}", outage_code(exc)) from exc
         outcome.jobs.append(submitted)
         RECORDS.labels("created" if submitted.created else "duplicate").inc()
 
-    def _head(self, event: ObjectEvent) -> ObjectVersion | Skip | Reject:
+    def _head(self, event: ObjectEvent) -> storage.ObjectInfo | Skip | Reject:
         try:
             found = self.head(event.bucket, event.key, event.version_id)
         except EarshotError as exc:
-            raise _Retry(exc.message) from exc
+            raise _Retry(exc.message, "storage_error" if exc.retryable else None) from exc
         except Exception as exc:
             raise _Retry(f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(found, ObjectVersion):
+        if not isinstance(found, storage.ObjectInfo):
             return found
         if event.etag and found.etag and event.etag != found.etag and not event.version_id:
             # overwritten since: the newer upload has its own event (and its own job)
@@ -184,12 +212,18 @@ class Bridge:
     # ------------------------------------------------------------------ failures
 
     def _dead_message(self, delivery: Delivery, outcome: Outcome, reason: str, detail: str) -> Outcome:
-        log.warning("dead letter from %s (%s): %s", delivery.source, reason, detail)
+        # name the object when the message parsed: operators look dead letters up by object
+        events = outcome.parsed.events if outcome.parsed is not None else []
+        bucket, key = (events[0].bucket, events[0].key) if events else (None, None)
+        log.warning(
+            "dead letter from %s (%s)%s: %s", delivery.source, reason,
+            f" for s3://{bucket}/{key}" if bucket else "", detail,
+        )
         try:
-            with session_scope() as s:
+            with session_scope(self.settings.database_url) as s:
                 record_dead_letter(
                     s, source=delivery.source, reason=reason, detail=detail, body=delivery.body,
-                    message_id=delivery.message_id,
+                    message_id=delivery.message_id, bucket=bucket, key=key,
                 )
         except Exception as exc:
             log.warning("cannot store dead letter: %s", exc)
@@ -208,13 +242,13 @@ class Bridge:
         log.warning("dead letter %s from %s (%s): %s", event.uri, delivery.source, reason, detail)
         body = json.dumps({"Records": [event.record]}) if event.record else delivery.body
         try:
-            with session_scope() as s:
+            with session_scope(self.settings.database_url) as s:
                 record_dead_letter(
                     s, source=delivery.source, reason=reason, detail=detail, body=body,
                     message_id=delivery.message_id, bucket=event.bucket, key=event.key,
                 )
         except Exception as exc:
-            raise _Retry(f"cannot store dead letter: {exc}") from exc
+            raise _Retry(f"cannot store dead letter: {exc}", outage_code(exc)) from exc
         DEAD_LETTERS.labels(reason).inc()
         RECORDS.labels("dead_letter").inc()
         outcome.dead_letters.append((reason, detail))
@@ -230,6 +264,8 @@ class Bridge:
             MESSAGES.labels("retry").inc()
             return outcome
         detail = f"failed {delivery.receive_count} times; last error: {error}"
-        result = self._dead_message(delivery, Outcome(jobs=outcome.jobs), "gave_up", detail)
+        result = self._dead_message(
+            delivery, Outcome(jobs=outcome.jobs, parsed=outcome.parsed), "gave_up", detail
+        )
         result.error = error
         return result

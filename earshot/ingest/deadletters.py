@@ -2,7 +2,9 @@
 
 A dead letter is written *before* the message is acknowledged, so nothing vanishes silently.
 `earshot ingest dead-letters` lists them; `earshot ingest replay ID` feeds one back through the
-bridge (after the cause was fixed, e.g. a bucket added to EARSHOT_INGEST_BUCKETS).
+bridge (after the cause was fixed, e.g. a bucket added to EARSHOT_INGEST_BUCKETS). A dead
+letter whose object got a successful job later (after an outage, by the reconciler, a
+replay) is marked resolved by :func:`resolve_dead_letters` (the sweeper runs it).
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from earshot.db.base import utcnow
+from earshot.db.models import Job
 from earshot.ingest.models import DeadLetter
 
-__all__ = ["MAX_BODY_CHARS", "list_dead_letters", "mark_replayed", "record_dead_letter"]
+__all__ = [
+    "MAX_BODY_CHARS",
+    "list_dead_letters",
+    "mark_replayed",
+    "pending_count",
+    "record_dead_letter",
+    "resolve_dead_letters",
+]
 
 MAX_BODY_CHARS = 256 * 1024
 
@@ -65,7 +75,7 @@ def list_dead_letters(
     if reason:
         q = q.where(DeadLetter.reason == reason)
     if not include_replayed:
-        q = q.where(DeadLetter.replayed_at.is_(None))
+        q = q.where(DeadLetter.replayed_at.is_(None), DeadLetter.resolved_at.is_(None))
     return list(session.scalars(q.order_by(DeadLetter.created_at.desc(), DeadLetter.id).limit(limit)))
 
 
@@ -73,3 +83,31 @@ def mark_replayed(session: Session, dead_letter_id: str) -> None:
     row = session.get(DeadLetter, dead_letter_id)
     if row is not None:
         row.replayed_at = utcnow()
+
+
+def resolve_dead_letters(session: Session) -> int:
+    """Mark resolved every open dead letter whose object has a job that succeeded after it."""
+    succeeded = exists().where(
+        Job.source_uri == literal("s3://") + DeadLetter.bucket + "/" + DeadLetter.key,
+        Job.status == "succeeded",
+        Job.finished_at >= DeadLetter.created_at,
+    )
+    result = session.execute(
+        update(DeadLetter)
+        .where(
+            DeadLetter.resolved_at.is_(None), DeadLetter.replayed_at.is_(None),
+            DeadLetter.bucket.is_not(None), DeadLetter.key.is_not(None), succeeded,
+        )
+        .values(resolved_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def pending_count(session: Session) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(DeadLetter.replayed_at.is_(None), DeadLetter.resolved_at.is_(None))
+        )
+        or 0
+    )

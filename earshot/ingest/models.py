@@ -1,13 +1,14 @@
-"""Ingest tables: which jobs were handed to the queue, dead letters, callback deliveries.
+"""Ingest tables: which jobs were handed to the queue, and dead letters.
 
-The migration is ``migrations/versions/0003_ingest.py`` (hand-written, PostgreSQL and SQLite).
+Migrations ``0003_ingest`` and ``0007_reliability`` (hand-written, PostgreSQL and SQLite).
+Callback deliveries live in :mod:`earshot.callbacks.models`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from earshot.db.base import Base, new_id, utcnow
@@ -50,23 +51,5 @@ class DeadLetter(Base):
     body: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     replayed_at: Mapped[datetime | None] = mapped_column()
-
-
-class CallbackDelivery(Base):
-    """One completion callback: a job reached ``status``; POSTed until a 2xx or given up."""
-
-    __tablename__ = "callback_deliveries"
-    __table_args__ = (
-        UniqueConstraint("job_id", "status", name="uq_callback_deliveries_job_status"),
-    )
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(16))
-    url: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_status_code: Mapped[int | None] = mapped_column(Integer)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    delivered_at: Mapped[datetime | None] = mapped_column()
+    # migration 0007_reliability: the object's job succeeded later (after an outage, a replay)
+    resolved_at: Mapped[datetime | None] = mapped_column()

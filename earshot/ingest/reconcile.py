@@ -31,7 +31,6 @@ from earshot.ingest.filters import Filters, Reject, Skip
 from earshot.ingest.models import IngestReceipt
 from earshot.ingest.submit import (
     Enqueue,
-    ObjectVersion,
     enqueue_once,
     head_object,
     output_prefix_for,
@@ -78,15 +77,17 @@ def _chunks(items: Iterable[storage.ObjectInfo], size: int) -> Iterator[list[sto
         yield chunk
 
 
-def _known(uris: list[str]) -> set[tuple[str, str]]:
-    """(uri, version-or-etag) pairs that already have a job."""
+def _known(uris: list[str], database_url: str) -> set[tuple[str, str]]:
+    """(uri, version-or-etag) pairs that already have a job (one that did not fail on an
+    outage: those are submitted again, which retries them)."""
     if not uris:
         return set()
-    with session_scope() as s:
+    with session_scope(database_url) as s:
         rows = s.execute(
             select(AudioFile.uri, AudioFile.version, AudioFile.etag)
             .join(Job, Job.audio_file_id == AudioFile.id)
             .where(AudioFile.uri.in_(uris))
+            .where(~((Job.status == "failed") & Job.retryable.is_(True)))
         ).all()
     known: set[tuple[str, str]] = set()
     for uri, version, etag in rows:
@@ -136,7 +137,7 @@ def scan(
                 continue
             candidates.append((info, key))
         report.eligible += len(candidates)
-        known = _known([info.uri for info, _ in candidates])
+        known = _known([info.uri for info, _ in candidates], settings.database_url)
         for info, key in candidates:
             if (info.uri, info.etag or "") in known:
                 report.known += 1
@@ -148,7 +149,8 @@ def scan(
 
     if not dry_run:
         report.requeued = requeue_unsent(
-            enqueue=enqueue, older_than_s=requeue_after_s, prefix=ref.uri
+            enqueue=enqueue, older_than_s=requeue_after_s, prefix=ref.uri,
+            database_url=settings.database_url,
         )
     log.info(
         "scan %s: %d listed, %d eligible, %d known, %d missing, %d enqueued%s",
@@ -167,9 +169,7 @@ def _submit_missing(
     source: str,
     report: ScanReport,
 ) -> None:
-    found = head_object(bucket, key) if settings.ingest_verify_objects else ObjectVersion(
-        bucket=bucket, key=key, size=info.size, etag=info.etag, last_modified=info.last_modified
-    )
+    found = head_object(bucket, key) if settings.ingest_verify_objects else info
     if isinstance(found, Skip):
         report.skipped[found.reason] = report.skipped.get(found.reason, 0) + 1
         return
@@ -184,7 +184,7 @@ def _submit_missing(
     except EarshotError as exc:
         if exc.retryable:
             raise
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             record_dead_letter(
                 s, source=source, reason=exc.code, detail=exc.message, body={"uri": info.uri},
                 bucket=bucket, key=key,
@@ -194,10 +194,12 @@ def _submit_missing(
     report.enqueued.append((info.uri, submitted.job_id))
 
 
-def requeue_unsent(*, enqueue: Enqueue, older_than_s: float, prefix: str | None = None) -> list[str]:
+def requeue_unsent(
+    *, enqueue: Enqueue, older_than_s: float, database_url: str, prefix: str | None = None
+) -> list[str]:
     """Enqueue ingest jobs whose receipt was never marked enqueued (a bridge crashed)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    with session_scope() as s:
+    with session_scope(database_url) as s:
         q = (
             select(IngestReceipt.job_id)
             .join(Job, Job.id == IngestReceipt.job_id)
@@ -206,7 +208,9 @@ def requeue_unsent(*, enqueue: Enqueue, older_than_s: float, prefix: str | None 
         if prefix:
             q = q.where(Job.source_uri.startswith(prefix, autoescape=True))
         job_ids = list(s.scalars(q.limit(1000)))
-    sent = [j for j in job_ids if enqueue_once(j, enqueue=enqueue, source="scan")]
+    sent = [
+        j for j in job_ids if enqueue_once(j, enqueue=enqueue, source="scan", database_url=database_url)
+    ]
     if sent:
         log.warning("re-sent %d job(s) that were never marked enqueued", len(sent))
     return sent

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from earshot import storage
 from earshot.config import Settings
@@ -35,11 +34,10 @@ from earshot.db.session import session_scope
 from earshot.errors import ConfigError, StorageError
 from earshot.ingest.filters import Reject, Skip
 from earshot.ingest.models import IngestReceipt
-from earshot.jobs.service import SourceObject, create_job, object_idempotency_key
+from earshot.jobs.service import create_job, get_or_create, object_idempotency_key, reset_for_retry
 
 __all__ = [
     "Enqueue",
-    "ObjectVersion",
     "Submitted",
     "enqueue_once",
     "head_object",
@@ -51,29 +49,6 @@ __all__ = [
 log = logging.getLogger("earshot.ingest")
 
 Enqueue = Callable[[str], Any]
-
-_MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
-_DENIED = frozenset({"403", "AccessDenied", "AllAccessDisabled"})
-
-
-@dataclass(frozen=True)
-class ObjectVersion:
-    """What the queue will process: one version of one object."""
-
-    bucket: str
-    key: str
-    size: int | None
-    etag: str | None
-    version_id: str | None = None
-    last_modified: datetime | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    @property
-    def version(self) -> str:
-        return self.version_id or self.etag or ""
 
 
 @dataclass(frozen=True)
@@ -96,90 +71,67 @@ def output_prefix_for(settings: Settings, bucket: str) -> str:
     return storage.join_uri(f"s3://{bucket}/", prefix)
 
 
-def head_object(
-    bucket: str, key: str, version_id: str | None = None
-) -> ObjectVersion | Skip | Reject:
+def head_object(bucket: str, key: str, version_id: str | None = None) -> storage.ObjectInfo | Skip | Reject:
     """The object as S3 has it now; Skip if it is gone, Reject if the bucket is unknown.
 
     Transient failures raise StorageError(retryable=True); the message is retried.
     """
-    client = storage.s3_client()
-    kwargs: dict[str, str] = {"Bucket": bucket, "Key": key}
-    if version_id:
-        kwargs["VersionId"] = version_id
     try:
-        head = client.head_object(**kwargs)  # type: ignore[arg-type]
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _MISSING:
-            try:
-                client.head_bucket(Bucket=bucket)
-            except ClientError as bexc:
-                bcode = str(bexc.response.get("Error", {}).get("Code", ""))
-                if bcode in _MISSING or bcode == "NoSuchBucket":
-                    return Reject("unknown_bucket", f"bucket {bucket!r} does not exist")
-                if bcode in _DENIED:
-                    return Reject("access_denied", f"no access to bucket {bucket!r}")
-                raise _transient(bexc, bucket, key) from bexc
-            return Skip("object_gone", "deleted before it was processed")
-        if code == "NoSuchBucket":
+        return storage.head(f"s3://{bucket}/{key}", version_id=version_id)
+    except storage.NotFound as exc:
+        if exc.bucket_missing:
             return Reject("unknown_bucket", f"bucket {bucket!r} does not exist")
-        if code in _DENIED:
-            return Reject("access_denied", f"HEAD s3://{bucket}/{key} was denied")
-        raise _transient(exc, bucket, key) from exc
-    except BotoCoreError as exc:
-        raise _transient(exc, bucket, key) from exc
-    version = head.get("VersionId")
-    return ObjectVersion(
-        bucket=bucket,
-        key=key,
-        size=head.get("ContentLength"),
-        etag=(head.get("ETag") or "").strip('"') or None,
-        version_id=version if version and version != "null" else None,
-        last_modified=head.get("LastModified"),
-    )
-
-
-def _transient(exc: Exception, bucket: str, key: str) -> StorageError:
-    err = StorageError(f"cannot HEAD s3://{bucket}/{key}: {exc}")
-    err.retryable = True
-    return err
+        return Skip("object_gone", "deleted before it was processed")
+    except storage.AccessDenied:
+        return Reject("access_denied", f"HEAD s3://{bucket}/{key} was denied")
+    except StorageError as exc:
+        exc.retryable = True  # anything else S3 says now may pass later: retry the message
+        raise
 
 
 def submit_object(
-    obj: ObjectVersion,
+    obj: storage.ObjectInfo,
     *,
     settings: Settings,
     enqueue: Enqueue,
     source: str,
     event_time: datetime | None = None,
 ) -> Submitted:
-    """Create (or find) the job of this object version and make sure it was enqueued once."""
+    """Create (or find) the job of this object version and make sure it was enqueued once.
+
+    A job of this version that failed on an outage (``retryable``) is reset and sent again:
+    re-uploading the same bytes, a redelivered event or the reconciler revive it.
+    """
     tasks = ingest_tasks(settings)
-    uri = obj.uri
-    key = object_idempotency_key(uri, obj.version, tasks)
-    with session_scope() as s:
+    ref = obj.ref
+    key = object_idempotency_key(obj.uri, obj.version, tasks)
+    with session_scope(settings.database_url) as s:
         job, created = create_job(
             s,
-            source=SourceObject(
-                uri=uri, bucket=obj.bucket, key=obj.key, version=obj.version, etag=obj.etag,
-                size_bytes=obj.size,
-            ),
+            source=obj,
             tasks=tasks,
             engine=settings.engine,
             idempotency_key=key,
-            output_prefix=output_prefix_for(settings, obj.bucket),
-            options={"output_stem": obj.key, "ingest_source": source},
+            output_prefix=output_prefix_for(settings, ref.bucket or ""),
+            options={"output_stem": ref.key, "ingest_source": source},
         )
-        if created:
+        receipt = s.get(IngestReceipt, job.id) if not created else None
+        if created or (receipt is None and job.status == "failed" and job.retryable):
             s.add(IngestReceipt(job_id=job.id, source=source[:255], event_time=event_time))
+        elif job.status == "failed" and job.retryable:
+            assert receipt is not None
+            receipt.enqueued_at = None
+        if not created and job.status == "failed" and job.retryable:
+            reset_for_retry(s, job.id)
+            log.info("job %s of %s failed on an outage: sent again", job.id, obj.uri)
         job_id, status = job.id, job.status
     enqueued = enqueue_once(
-        job_id, enqueue=enqueue, source=source, event_time=event_time, status=status
+        job_id, enqueue=enqueue, source=source, event_time=event_time, status=status,
+        database_url=settings.database_url,
     )
     if created:
-        log.info("job %s created for %s (version %s) from %s", job_id, uri, obj.version, source)
-    return Submitted(job_id=job_id, uri=uri, created=created, enqueued=enqueued)
+        log.info("job %s created for %s (version %s) from %s", job_id, obj.uri, obj.version, source)
+    return Submitted(job_id=job_id, uri=obj.uri, created=created, enqueued=enqueued)
 
 
 def enqueue_once(
@@ -189,25 +141,24 @@ def enqueue_once(
     source: str = "",
     event_time: datetime | None = None,
     status: str | None = None,
+    database_url: str,
 ) -> bool:
     """Publish ``process_job`` unless the receipt says it was; True if this call published.
 
     ``status`` is the job's status if the caller just read it (saves a query).
     """
-    with session_scope() as s:
+    with session_scope(database_url) as s:
         receipt = s.get(IngestReceipt, job_id, with_for_update=True)
         if receipt is None:
             # A job someone else created (API, CLI) with the same key: its creator enqueues it.
-            try:
-                with s.begin_nested():
-                    s.add(
-                        IngestReceipt(
-                            job_id=job_id, source=f"external:{source}"[:255],
-                            event_time=event_time, enqueued_at=utcnow(),
-                        )
-                    )
-            except IntegrityError:
-                pass
+            get_or_create(
+                s,
+                select(IngestReceipt).where(IngestReceipt.job_id == job_id),
+                lambda: IngestReceipt(
+                    job_id=job_id, source=f"external:{source}"[:255], event_time=event_time,
+                    enqueued_at=utcnow(),
+                ),
+            )
             return False
         if receipt.enqueued_at is not None:
             return False

@@ -38,16 +38,16 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from earshot.callbacks.signing import SIGNATURE_HEADER
+from earshot.callbacks.signing import sign as hmac_signature
 from earshot.config import Settings
 from earshot.ingest.bridge import Bridge, Delivery
-from earshot.ingest.callbacks import sign as hmac_signature
 from earshot.ingest.events import MAX_BODY_BYTES
 
 __all__ = ["SnsVerifier", "WebhookServer", "hmac_signature", "parse_webhook_url"]
 
 log = logging.getLogger("earshot.ingest")
 
-SIGNATURE_HEADER = "X-Earshot-Signature"
 _SNS_CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
 _SNS_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),

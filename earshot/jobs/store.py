@@ -131,38 +131,3 @@ def save_speech(
             job_id=job_id, kind="summary", uri=uri, duration_s=duration_s, voice=voice, sample_rate=sample_rate
         )
     )
-
-
-def merge_cut_events(session: Session, *, job_id: str) -> dict[str, int]:
-    """Finalize-time grounding cleanup: join events a segment cut split, count dropped lines.
-
-    Events of one label that end at a segment boundary and start again right after it become
-    one row (the first keeps its id; its raw text holds both answers). Dropped lines are
-    recounted from each segment's raw answer with the same parser, so the numbers hold on a
-    rerun. Idempotent: the merge is a fixpoint.
-    """
-    from earshot.grounding import TimelineEvent, merge_across_cuts, parse_grounding
-
-    segments = list(
-        session.scalars(select(m.Segment).where(m.Segment.job_id == job_id).order_by(m.Segment.index))
-    )
-    rows = {
-        r.id: r for r in session.scalars(select(m.Event).where(m.Event.job_id == job_id))
-    }
-    cuts = [seg.end_s for seg in segments[:-1]]
-    merged = merge_across_cuts(
-        (TimelineEvent(start=r.start_s, end=r.end_s, label=r.label, raw=r.raw or "", key=r.id) for r in rows.values()),
-        cuts,
-    )
-    by_key = {e.key: e for e in merged.events}
-    for survivor, absorbed in merged.merges:
-        row, event = rows[survivor], by_key[survivor]
-        row.start_s, row.end_s, row.raw = event.start, event.end, event.raw
-        for key in absorbed:
-            session.delete(rows[key])
-    dropped = 0
-    for seg in segments:
-        text = (seg.raw or {}).get("events")
-        if text:
-            dropped += parse_grounding(text, seg.end_s - seg.start_s).dropped_count
-    return {"events_merged": merged.merged, "events_dropped": dropped, "events": len(merged.events)}

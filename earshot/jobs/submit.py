@@ -9,25 +9,18 @@ from sqlalchemy.orm import Session
 from earshot import storage
 from earshot.db.models import Job
 from earshot.errors import InputError, StorageError
-from earshot.jobs.service import SourceObject, create_job
+from earshot.jobs.service import create_job
 
 
-def source_for(uri_or_path: str) -> SourceObject:
+def source_for(uri_or_path: str) -> storage.ObjectInfo:
     """Describe an existing object; a missing one is an input error, not a crash."""
     ref = storage.parse_uri(uri_or_path)
     try:
-        info = storage.head(ref.uri)
+        return storage.head(ref.uri)
     except StorageError as exc:
+        if exc.retryable:
+            raise
         raise InputError(f"cannot read {uri_or_path}: {exc.message}", code="source_not_found") from exc
-    version = info.version_id or info.etag or ""
-    return SourceObject(
-        uri=ref.uri,
-        bucket=ref.bucket,
-        key=ref.key,
-        version=version,
-        etag=info.etag,
-        size_bytes=info.size,
-    )
 
 
 def submit(

@@ -1,8 +1,14 @@
-"""Step 1: fetch the source, check it, decode, split at quiet points, store FLAC segments."""
+"""Step 1: fetch the exact source version, check it, decode, split at quiet points, store FLAC.
+
+The job reads the version it was created for (its S3 version id, or If-Match on its ETag;
+the ``mtime-size`` tag for local files). If that version is gone or was overwritten, the job
+ends ``superseded``: the newer version has a job of its own.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -13,9 +19,14 @@ from earshot import storage
 from earshot.audio import decode_stream, probe, segment_stream, write_flac
 from earshot.config import Settings
 from earshot.db import models as m
+from earshot.db.base import utcnow
 from earshot.db.session import session_scope
-from earshot.errors import AudioError, InputError
-from earshot.jobs.service import claim_running
+from earshot.errors import AudioError, InputError, StorageError
+from earshot.jobs.failures import Superseded
+from earshot.jobs.outputs import scratch_prefix
+from earshot.jobs.service import claim_running, pinned_version
+
+log = logging.getLogger("earshot.prepare")
 
 
 def _sha256(path: Path) -> str:
@@ -26,8 +37,38 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scratch_prefix(settings: Settings, job_id: str) -> str:
-    return storage.join_uri(settings.scratch_url, job_id)
+def _check_version(source: storage.ObjectInfo) -> storage.ObjectInfo:
+    """The job's version as the store has it now; Superseded if it is gone or replaced."""
+    try:
+        info = storage.head(source.uri, version_id=source.version_id)
+    except storage.NotFound as exc:
+        if exc.bucket_missing or not source.version:
+            raise InputError(f"cannot read {source.uri}: {exc.message}", code="source_not_found") from exc
+        raise Superseded(f"{source.uri} (version {source.version}) no longer exists") from exc
+    if source.version and not source.version_id and info.etag != source.etag:
+        raise Superseded(
+            f"{source.uri} was overwritten (etag {info.etag}) before this job (etag {source.etag}) read it"
+        )
+    return info
+
+
+def _download(source: storage.ObjectInfo, local: Path) -> None:
+    try:
+        storage.download_to(source.uri, local, version=source if source.version else None)
+    except StorageError as exc:
+        if exc.code == "version_mismatch" or (isinstance(exc, storage.NotFound) and not exc.bucket_missing):
+            raise Superseded(f"{source.uri} changed while this job read it: {exc.message}") from exc
+        raise
+
+
+def _short_note(job_id: str, uri: str, decoded_s: float, header_s: float | None) -> str | None:
+    """A note when the file decodes to much less audio than its header announces."""
+    if not header_s or decoded_s >= header_s - max(1.0, 0.05 * header_s):
+        return None
+    return (
+        f"job {job_id}: {uri} decoded to {decoded_s:.1f} s of audio but its header says "
+        f"{header_s:.1f} s (truncated or damaged upload?)"
+    )
 
 
 def prepare_job(job_id: str, settings: Settings) -> list[int]:
@@ -36,19 +77,19 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
     Run twice (a redelivered task), it reuses the segments already written.
     """
     t0 = time.monotonic()
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         job = claim_running(s, job_id)
         if job is None:
             return []
         if job.segment_count:
             return [seg.index for seg in job.segments if seg.status != "done"]
-        source = job.source_uri
+        source = pinned_version(job.audio_file)
         audio_file_id = job.audio_file_id
 
-    info = storage.head(source)
+    info = _check_version(source)
     if info.size == 0:
         raise AudioError("file is empty (0 bytes)", code="empty_file")
-    if info.size > settings.max_file_bytes:
+    if info.size is not None and info.size > settings.max_file_bytes:
         raise InputError(
             f"file is {info.size} bytes, over the limit of {settings.max_file_bytes} bytes "
             "(EARSHOT_MAX_FILE_BYTES)",
@@ -57,9 +98,9 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
     prefix = scratch_prefix(settings, job_id)
     rows: list[m.Segment] = []
     with tempfile.TemporaryDirectory(prefix="earshot-") as tmp:
-        suffix = PurePosixPath(storage.parse_uri(source).key).suffix[:16]
+        suffix = PurePosixPath(storage.parse_uri(source.uri).key).suffix[:16]
         local = Path(tmp) / f"input{suffix}"
-        storage.download_to(source, local)
+        _download(source, local)
         audio_info = probe(local, max_duration_s=settings.max_duration_s)
         sha = _sha256(local)
         for seg in segment_stream(
@@ -79,15 +120,21 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
             )
     if not rows:
         raise AudioError("the file holds 0 s of audio", code="zero_duration")
+    note = _short_note(job_id, source.uri, rows[-1].end_s, audio_info.duration_s)
+    if note:
+        log.warning("%s", note)
 
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         s.execute(delete(m.Segment).where(m.Segment.job_id == job_id))
         s.add_all(rows)
         job = s.get(m.Job, job_id)
         assert job is not None
         job.segment_count = len(rows)
         job.progress = 0.05
+        job.heartbeat_at = utcnow()
         job.timings = {**job.timings, "prepare_s": round(time.monotonic() - t0, 3)}
+        if note:
+            job.options = {**job.options, "short_audio": {"note": note}}
         audio = s.scalar(select(m.AudioFile).where(m.AudioFile.id == audio_file_id))
         if audio is not None:
             audio.sha256 = sha

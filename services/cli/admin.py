@@ -48,20 +48,42 @@ def init_tiny(
     console.print(f"tiny AF3 checkpoint written to {out}")
 
 
+def default_hostname() -> str:
+    """Unique per process, so two workers on one host never share a pidbox queue."""
+    import os
+    import socket
+    import uuid
+
+    return f"earshot-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+
+
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues: cpu, gpu")] = "cpu,gpu",
     concurrency: Annotated[int, typer.Option(help="Worker processes")] = 1,
     pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
+    hostname: Annotated[
+        str | None,
+        typer.Option(help="Celery node name (name@host); default unique per process. The chart uses the pod name."),
+    ] = None,
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker (needs EARSHOT_BROKER_URL)."""
+    from earshot.callbacks.outbox import require_secret
     from earshot.config import get_settings
+    from earshot.errors import ConfigError
     from workers.celery_app import configure
 
     settings = get_settings()
     if not settings.broker_url:
         raise typer.BadParameter("EARSHOT_BROKER_URL is not set: without a broker, jobs run in-process")
+    try:
+        require_secret(settings)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message) from exc
     app = configure(settings)
     app.worker_main(
-        ["worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
+        [
+            "worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--pool={pool}",
+            f"--hostname={hostname or default_hostname()}", f"--loglevel={loglevel}",
+        ]
     )

@@ -8,12 +8,9 @@ from typing import Annotated
 
 import typer
 
-from earshot.config import get_settings
-from earshot.db.session import session_scope
 from earshot.exports import FORMATS, render
-from earshot.jobs.report import build_report
-from earshot.jobs.service import get_job
-from services.cli.common import ensure_embedded_db, err_console
+from services.cli.common import err_console
+from services.cli.jobs import report_or_exit
 
 
 def export(
@@ -26,13 +23,7 @@ def export(
     if fmt not in FORMATS:
         err_console.print(f"[red]unknown format {format!r}; choose from {', '.join(FORMATS)}")
         raise typer.Exit(code=2)
-    ensure_embedded_db(get_settings())
-    with session_scope() as s:
-        job = get_job(s, job_id)
-        if job is None:
-            err_console.print(f"[red]no job {job_id}")
-            raise typer.Exit(code=2)
-        body = render(build_report(s, job), fmt)
+    body = render(report_or_exit(job_id), fmt)
     if output is None:
         sys.stdout.write(body)
         sys.stdout.flush()

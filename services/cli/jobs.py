@@ -17,7 +17,7 @@ from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.errors import EarshotError
 from earshot.jobs.report import build_report
-from earshot.jobs.service import fail_job, get_job, list_jobs
+from earshot.jobs.service import fail_job, get_job, list_jobs, retry_failed
 from earshot.jobs.submit import submit
 from earshot.results import ErrorInfo, JobReport
 from services.cli.common import apply_overrides, console, ensure_embedded_db, err_console
@@ -168,17 +168,105 @@ def jobs_list(
     console.print(table)
 
 
-@jobs_app.command("show")
-def jobs_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one job with its results."""
-    ensure_embedded_db(get_settings())
-    with session_scope() as s:
+def report_or_exit(job_id: str) -> JobReport:
+    """The job's report; exit 2 with a message if there is no such job (show, export)."""
+    settings = get_settings()
+    ensure_embedded_db(settings)
+    with session_scope(settings.database_url) as s:
         job = get_job(s, job_id)
         if job is None:
             err_console.print(f"[red]no job {job_id}")
             raise typer.Exit(code=2)
-        report = build_report(s, job)
+        return build_report(s, job)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show one job with its results."""
+    report = report_or_exit(job_id)
     if as_json:
         print(json.dumps(report.model_dump(mode="json")))
     else:
         _print_report(report)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Failed jobs to run again")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Every failed job (narrow it with --code)")] = False,
+    code: Annotated[list[str] | None, typer.Option("--code", help="Only failed jobs with this error code")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many jobs")] = 1000,
+) -> None:
+    """Run failed jobs again (e.g. after an outage): `earshot jobs retry --failed --code storage_error`."""
+    from workers.tasks import enqueue
+
+    if not job_ids and not failed:
+        raise typer.BadParameter("name job ids, or --failed (optionally with --code CODE)")
+    settings = get_settings()
+    ensure_embedded_db(settings)
+    with session_scope(settings.database_url) as s:
+        reset = retry_failed(s, job_ids=job_ids or (), codes=code or (), limit=limit)
+    for job_id in reset:
+        enqueue(job_id)
+        console.print(f"retrying {job_id}")
+    missed = sorted(set(job_ids or ()) - set(reset))
+    for job_id in missed:
+        err_console.print(f"[yellow]{job_id}: no such failed job")
+    if not reset:
+        console.print("nothing to retry")
+    if missed:
+        raise typer.Exit(code=1)
+
+
+@jobs_app.command("reap")
+def jobs_reap(
+    interval: Annotated[float | None, typer.Option(help="Sweep every INTERVAL seconds until stopped")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port")] = "127.0.0.1",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON report per sweep on stdout")] = False,
+) -> None:
+    """The watchdog: re-enqueue stuck jobs, retry outage failures, settle finished jobs, resend callbacks."""
+    import signal
+
+    from earshot.ingest.deadletters import pending_count, resolve_dead_letters
+    from earshot.jobs.watchdog import queue_depths, reap
+    from workers.celery_app import QUEUES
+    from workers.tasks import enqueue, send_callback
+
+    settings = get_settings()
+    ensure_embedded_db(settings)
+    if metrics_port:
+        from prometheus_client import Gauge, start_http_server
+
+        dead = Gauge("earshot_ingest_dead_letters_pending", "Dead letters neither replayed nor resolved")
+        start_http_server(metrics_port, addr=metrics_host)
+    stop = threading.Event()
+    if interval:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while True:
+        try:
+            report = reap(settings=settings, enqueue=enqueue, send_callback=send_callback)
+            with session_scope(settings.database_url) as s:
+                resolved = resolve_dead_letters(s)
+                pending = pending_count(s)
+            if metrics_port:
+                dead.set(pending)
+                if settings.broker_url:
+                    queue_depths(settings.broker_url, sorted(set(QUEUES.values())))
+        except Exception as exc:
+            if not interval:
+                raise
+            err_console.print(f"[red]sweep failed:[/] {exc}")
+        else:
+            out = {**report.as_dict(), "dead_letters_resolved": resolved}
+            if as_json:
+                print(json.dumps(out), flush=True)
+            else:
+                console.print(
+                    f"requeued {len(report.requeued)}, retried {len(report.retried)}, settled "
+                    f"{len(report.settled)}, callbacks resent {len(report.callbacks)}, dead letters "
+                    f"resolved {resolved}"
+                )
+        if not interval or stop.wait(interval):
+            return

@@ -15,9 +15,14 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
+
+import kombu
+import kombu.pools
+from prometheus_client import Gauge
 
 from earshot.config import Settings
 from earshot.ingest.bridge import Bridge, Outcome
@@ -25,31 +30,50 @@ from earshot.ingest.sources import Received, Source, open_source
 from earshot.ingest.submit import Enqueue
 from earshot.ingest.webhook import WebhookServer, parse_webhook_url
 
-__all__ = ["celery_enqueue", "run_bridge"]
+__all__ = ["broker_probe", "celery_enqueue", "run_bridge"]
 
 log = logging.getLogger("earshot.ingest")
+PAUSED = Gauge("earshot_ingest_paused", "1 while the bridge waits for the database or the broker")
 
 
 def celery_enqueue(settings: Settings) -> Enqueue:
-    """``process_job.delay``; on AMQP with publisher confirms, so "sent" means "stored"."""
+    """``process_job`` published on a connection to *this* settings' broker.
+
+    Connections come from kombu's pool for the broker URL (a bridge's threads share it), so
+    reconfiguring the process for another broker needs no reset of Celery's own pool. On
+    AMQP, with publisher confirms: "sent" means "stored".
+    """
     from workers.celery_app import app, configure
+    from workers.tasks import enqueue, process_job
 
     configure(settings)
-    # a broker changed since the app first published (tests, reconfiguration): new pools
-    if app._pool is not None:
-        # (kombu's registry keeps one pool per broker URL: dropping our handle is enough)
-        app._pool = None
-        app.amqp._producer_pool = None
-    if settings.broker_url and settings.broker_url.startswith(("amqp", "pyamqp")):
-        options = dict(app.conf.broker_transport_options or {})
+    if not settings.broker_url:
+        return lambda job_id: enqueue(job_id)  # eager mode: runs in this process
+    options = dict(app.conf.broker_transport_options or {})
+    if settings.broker_url.startswith(("amqp", "pyamqp")):
         options.setdefault("confirm_publish", True)
-        app.conf.broker_transport_options = options
-    from workers.tasks import enqueue
+    pool = kombu.pools.connections[
+        kombu.Connection(settings.broker_url, transport_options=options)
+    ]
 
     def send(job_id: str) -> None:
-        enqueue(job_id)
+        with pool.acquire(block=True, timeout=30) as conn:
+            process_job.apply_async((job_id,), connection=conn)
 
     return send
+
+
+def broker_probe(settings: Settings) -> Callable[[], None] | None:
+    """Raises while the broker cannot be reached (the bridge pauses receiving)."""
+    if not settings.broker_url:
+        return None
+    url = settings.broker_url
+
+    def probe() -> None:
+        with kombu.Connection(url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+
+    return probe
 
 
 def _install_signals(stop: threading.Event) -> None:
@@ -76,7 +100,9 @@ def run_bridge(
     """Run until ``stop`` is set (or a signal arrives); ``poll_s`` bounds one receive."""
     stop = stop or threading.Event()
     _install_signals(stop)
-    bridge = Bridge(settings, enqueue=enqueue or celery_enqueue(settings))
+    bridge = Bridge(
+        settings, enqueue=enqueue or celery_enqueue(settings), probe_broker=broker_probe(settings)
+    )
     if source_url.startswith("webhook://"):
         _serve_webhook(source_url, bridge, settings, stop)
         return
@@ -90,10 +116,29 @@ def run_bridge(
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="ingest") as pool:
             while not stop.is_set():
-                _one_batch(source, bridge, pool, fault, on_batch, poll_s)
+                outage = _one_batch(source, bridge, pool, fault, on_batch, poll_s)
+                if outage:
+                    _pause(bridge, outage, stop)
     finally:
         source.close()
         log.info("ingest bridge stopped")
+
+
+def _pause(bridge: Bridge, outage: str, stop: threading.Event) -> None:
+    """Receive nothing while the downstream is down: every receive would burn a receive
+    count (SQS) or a requeue (AMQP) on a message that cannot succeed yet."""
+    started = time.monotonic()
+    delay = 1.0
+    log.warning("ingest paused: %s", outage)
+    PAUSED.set(1)
+    try:
+        while not stop.wait(delay):
+            if bridge.ready() is None:
+                log.warning("ingest resumed after %.0f s (%s)", time.monotonic() - started, outage)
+                return
+            delay = min(30.0, delay * 2)
+    finally:
+        PAUSED.set(0)
 
 
 def _one_batch(
@@ -103,15 +148,16 @@ def _one_batch(
     fault: str,
     on_batch: Callable[[list[Outcome]], None] | None,
     poll_s: float,
-) -> None:
+) -> str | None:
+    """One receive-handle-ack round; the outage that stopped it, if any."""
     try:
         items = source.receive(max_wait_s=poll_s)
     except Exception as exc:  # the queue is unreachable: wait and try again
         log.warning("cannot receive from %s: %s", source.name, exc)
         threading.Event().wait(5)
-        return
+        return None
     if not items:
-        return
+        return None
     outcomes = list(pool.map(lambda item: bridge.handle(item.delivery), items))
     if fault == "exit-before-ack" and any(o.jobs for o in outcomes):
         log.error("EARSHOT_INGEST_FAULT=exit-before-ack: dying before the ack")
@@ -129,6 +175,7 @@ def _one_batch(
         log.warning("cannot ack/release %d message(s) on %s: %s", len(done) + len(again), source.name, exc)
     if on_batch is not None:
         on_batch(outcomes)
+    return next((o.outage for o in outcomes if o.outage), None)
 
 
 def _serve_webhook(url: str, bridge: Bridge, settings: Settings, stop: threading.Event) -> None:

@@ -263,7 +263,9 @@ def test_webhook_minio_and_sns(ingest_env: Settings, moto_server: str, s3_bucket
 
     from tests.fixtures.earshot import apply_env
 
-    settings = apply_env(monkeypatch, ingest_webhook_secret="hook-secret")
+    settings = apply_env(
+        monkeypatch, ingest_webhook_secret="hook-secret-0123456789", ingest_buckets=json.dumps([s3_bucket])
+    )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -277,17 +279,17 @@ def test_webhook_minio_and_sns(ingest_env: Settings, moto_server: str, s3_bucket
     with bridge_thread(f"webhook://127.0.0.1:{port}", settings):
         wait_until(lambda: _up(f"http://127.0.0.1:{port}/healthz"), 20, 0.1, "the webhook")
         assert httpx.post(url, json=event).status_code == 401
-        r = httpx.post(url, json=event, headers={"Authorization": "Bearer hook-secret"})
+        r = httpx.post(url, json=event, headers={"Authorization": "Bearer hook-secret-0123456789"})
         assert r.status_code == 200 and r.json()["jobs"][0]["created"] is True
-        r = httpx.post(url, json=event, headers={"Authorization": "Bearer hook-secret"})
+        r = httpx.post(url, json=event, headers={"Authorization": "Bearer hook-secret-0123456789"})
         assert r.json()["jobs"][0]["created"] is False  # a retried webhook is a no-op
-        r = httpx.post(url, content=b"garbage", headers={"Authorization": "Bearer hook-secret"})
+        r = httpx.post(url, content=b"garbage", headers={"Authorization": "Bearer hook-secret-0123456789"})
         assert r.status_code == 200 and r.json()["dead_letters"][0]["reason"] == "not_json"
 
         # S3 -> SNS -> HTTP subscription (secret in the URL: SNS cannot set headers)
         sns = boto3.client("sns", endpoint_url=moto_server, region_name="us-east-1")
         topic = sns.create_topic(Name=f"uploads-{uuid.uuid4().hex[:6]}")["TopicArn"]
-        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"http://127.0.0.1:{port}/sns?token=hook-secret")
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"http://127.0.0.1:{port}/sns?token=hook-secret-0123456789")
         client.put_bucket_notification_configuration(
             Bucket=s3_bucket,
             NotificationConfiguration={"TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*"]}]},

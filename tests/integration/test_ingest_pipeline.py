@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import func, select
 
 from earshot import storage
+from earshot.callbacks.models import CallbackDelivery
+from earshot.callbacks.signing import verify
 from earshot.config import Settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
-from earshot.ingest.callbacks import verify
-from earshot.ingest.models import CallbackDelivery
 from earshot.ingest.reconcile import scan
 from services.ingest.runner import celery_enqueue
 from tests.fixtures.ingest import (

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from earshot.config import Settings
 from earshot.ingest.bridge import Bridge, Delivery, Outcome
-from earshot.ingest.callbacks import sign
+from earshot.callbacks.signing import sign
 from earshot.ingest.webhook import SnsVerifier, WebhookServer, parse_webhook_url
 
 SECRET = "hook-secret"
