@@ -69,13 +69,14 @@ SERVICE_SETS: dict[str, dict[str, Any]] = {
                 "enabled": True,
                 "className": "nginx",
                 "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
-                "hosts": [{"host": "earshot.example.org", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                "hosts": [{"host": "earshot.example.org", "paths": [{"path": "/v1", "pathType": "Prefix"}]}],
                 "tls": [{"secretName": "earshot-tls", "hosts": ["earshot.example.org"]}],
             },
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         }
     },
     "existing-secret": {"secrets": {"existingSecret": "earshot-prod"}, "keda": {"enabled": True}},
+    "webhook": {"ingest": {"enabled": True, "buckets": ["uploads"]}, "secrets": {"webhookSecret": PLANTED["webhookSecret"]}},
     "everything": {
         "secrets": PLANTED,
         "serviceAccount": {
@@ -89,7 +90,9 @@ SERVICE_SETS: dict[str, dict[str, Any]] = {
         },
         "keda": {"enabled": True},
         "api": {"ingress": {"enabled": True}, "autoscaling": {"enabled": True}},
+        "callbacks": {"enabled": True, "allowedHosts": ["hooks.example.org"]},
         "ingest": {
+            "enabled": True,
             "sourceFromSecret": True,
             "reconciler": {"enabled": True, "targets": ["s3://media/in/", "s3://media/in2/"]},
         },
@@ -110,7 +113,7 @@ SERVICE_SETS: dict[str, dict[str, Any]] = {
         "config": {"engine": "local", "modelPath": "s3://models/af3"},
         "triton": {"enabled": False},
         "workers": {"gpu": {"gpusPerPod": 1}},
-        "ingest": {"source": "sqs://https://sqs.eu-west-1.amazonaws.com/123456789012/earshot-uploads"},
+        "ingest": {"enabled": True, "source": "sqs://https://sqs.eu-west-1.amazonaws.com/123456789012/earshot-uploads"},
     },
 }
 
@@ -329,9 +332,9 @@ def test_lint_and_validation_catch_broken_charts(tmp_path: Path) -> None:
 def test_service_chart_has_every_component() -> None:
     items = docs("service", "defaults")
     f = f"{RELEASE}-earshot"
-    for name in ("api", "ingest", "worker-cpu", "worker-gpu", "triton"):
+    for name in ("api", "worker-cpu", "worker-gpu", "triton"):
         one(items, "Deployment", f"{f}-{name}")
-    for name in ("api", "ingest", "triton"):
+    for name in ("api", "triton"):
         one(items, "Service", f"{f}-{name}")
     one(items, "ConfigMap", f"{f}-config")
     one(items, "Secret", f"{f}-secrets")
@@ -344,7 +347,9 @@ def test_service_chart_has_every_component() -> None:
         f"{f}-triton",
     }
     assert not by_kind(items, "Ingress") and not by_kind(items, "HorizontalPodAutoscaler")
-    assert not by_kind(items, "ScaledObject") and not by_kind(items, "NetworkPolicy")
+    assert not by_kind(items, "ScaledObject")
+    assert not any(d["metadata"]["name"].endswith("-ingest") for d in items)  # ingest is opt-in
+    one(items, "NetworkPolicy", f"{f}-default-deny")  # on by default (issue 14)
 
     api = container(one(items, "Deployment", f"{f}-api"), "api")
     assert api["args"][:1] == ["api"] and "0.0.0.0" in api["args"]
@@ -353,12 +358,16 @@ def test_service_chart_has_every_component() -> None:
     for queue in ("cpu", "gpu"):
         worker = container(one(items, "Deployment", f"{f}-worker-{queue}"), f"worker-{queue}")
         assert worker["args"] == ["worker", "--queues", queue, "--concurrency", "2", "--pool", "prefork"]
-    ingest = container(one(items, "Deployment", f"{f}-ingest"), "ingest")
-    assert ingest["args"] == ["ingest", "run", "--source", "$(EARSHOT_INGEST_SOURCE)"]
-    assert {"name": "EARSHOT_INGEST_SOURCE", "value": "webhook://0.0.0.0:8080"} in ingest["env"]
     config = one(items, "ConfigMap", f"{f}-config")["data"]
     assert config["EARSHOT_ENGINE"] == "triton"
     assert config["EARSHOT_TRITON_URL"] == f"{f}-triton:8001"
+
+    items = docs("service", "webhook")
+    ingest = container(one(items, "Deployment", f"{f}-ingest"), "ingest")
+    one(items, "Service", f"{f}-ingest")
+    assert ingest["args"] == ["ingest", "run", "--source", "$(EARSHOT_INGEST_SOURCE)"]
+    assert {"name": "EARSHOT_INGEST_SOURCE", "value": "webhook://0.0.0.0:8080"} in ingest["env"]
+    assert one(items, "ConfigMap", f"{f}-config")["data"]["EARSHOT_INGEST_BUCKETS"] == '["uploads"]'
 
 
 # --------------------------------------------------------------------------- what matters
@@ -386,6 +395,7 @@ def test_triton_requests_gpus_on_gpu_nodes() -> None:
     shm = [v for v in spec["volumes"] if v["name"] == "dshm"]
     assert shm[0]["emptyDir"]["medium"] == "Memory"
     # Only pods that use GPUs go to GPU nodes.
+    items += [d for d in docs("service", "webhook") if d["metadata"]["name"] == f"{RELEASE}-earshot-ingest"]
     for name in ("api", "ingest", "worker-cpu", "worker-gpu"):
         other = one(items, "Deployment", f"{RELEASE}-earshot-{name}")["spec"]["template"]["spec"]
         assert "nodeSelector" not in other and "tolerations" not in other
