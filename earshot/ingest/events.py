@@ -24,9 +24,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["BadMessage", "ObjectEvent", "ParsedMessage", "parse_message", "parse_time"]
+__all__ = ["MAX_BODY_BYTES", "MAX_RECORDS", "BadMessage", "ObjectEvent", "ParsedMessage", "parse_message", "parse_time"]
 
 MAX_BODY_BYTES = 1024 * 1024
+# S3 sends one record per message; a message with thousands is an attempt to fan out work
+MAX_RECORDS = 100
 
 
 class BadMessage(Exception):
@@ -173,6 +175,8 @@ def _from_document(doc: Any) -> ParsedMessage:
         raise BadMessage("bad_shape", "Records is not a list")
     if not records:
         raise BadMessage("bad_shape", "Records is empty")
+    if len(records) > MAX_RECORDS:
+        raise BadMessage("too_many_records", f"{len(records)} records (limit {MAX_RECORDS})")
     return ParsedMessage(events=[_record(r, i) for i, r in enumerate(records)])
 
 
