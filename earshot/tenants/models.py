@@ -27,13 +27,9 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200))
     # s3://bucket/prefix/ (or file:///dir/) patterns a key of this tenant may submit; empty: none
     allowed_sources: Mapped[list[str]] = mapped_column(JSON, default=list)
-    max_concurrent_jobs: Mapped[int | None] = mapped_column(
-        Integer, default=DEFAULT_MAX_CONCURRENT_JOBS
-    )
-    max_audio_hours_per_day: Mapped[float | None] = mapped_column(
-        Float, default=DEFAULT_MAX_AUDIO_HOURS_PER_DAY
-    )
-    requests_per_minute: Mapped[int | None] = mapped_column(
-        Integer, default=DEFAULT_REQUESTS_PER_MINUTE
-    )
+    # no column defaults: an ORM default would also replace an explicit None ("unlimited");
+    # create_tenant() applies the DEFAULT_* values
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_audio_hours_per_day: Mapped[float | None] = mapped_column(Float)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

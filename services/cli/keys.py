@@ -1,4 +1,4 @@
-"""`earshot keys create|list|revoke`: API keys for the REST API."""
+"""`earshot keys create|list|revoke`: API keys for the REST API; every key acts for one tenant."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from earshot.auth import SCOPES, create_key, list_keys, revoke_key
 from earshot.config import get_settings
 from earshot.db.session import session_scope
 from earshot.errors import InputError
+from earshot.tenants import DEFAULT_TENANT
 from services.cli.common import console, ensure_embedded_db, err_console
 
 app = typer.Typer(help="API keys (stored hashed; a token is shown once).", no_args_is_help=True)
@@ -23,21 +24,28 @@ def create(
     scope: Annotated[
         list[str], typer.Option("--scope", "-s", help=f"Repeat or comma-separate: {', '.join(SCOPES)}")
     ],
+    tenant: Annotated[
+        str, typer.Option("--tenant", "-t", help="The tenant the key acts for (see `earshot tenants`)")
+    ] = DEFAULT_TENANT,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Create a key and print its token (the only time it is shown)."""
-    ensure_embedded_db(get_settings())
+    settings = get_settings()
+    ensure_embedded_db(settings)
     try:
-        with session_scope() as s:
-            key, token = create_key(s, name=name, scopes=scope)
-            row = {"id": key.id, "name": key.name, "prefix": key.prefix, "scopes": key.scopes, "token": token}
+        with session_scope(settings.database_url) as s:
+            key, token = create_key(s, name=name, scopes=scope, tenant_id=tenant)
+            row = {"id": key.id, "name": key.name, "prefix": key.prefix, "scopes": key.scopes,
+                   "tenant": key.tenant_id, "token": token}
     except InputError as exc:
         err_console.print(f"[red]{exc.message}")
         raise typer.Exit(code=2) from None
     if as_json:
         print(json.dumps(row))
         return
-    console.print(f"key [bold]{row['id']}[/] ({row['name']}, scopes {','.join(row['scopes'])})")
+    console.print(
+        f"key [bold]{row['id']}[/] ({row['name']}, tenant {row['tenant']}, scopes {','.join(row['scopes'])})"
+    )
     console.print("token (shown once, store it now):")
     print(token)
 
@@ -45,28 +53,31 @@ def create(
 @app.command("list")
 def list_(
     active: Annotated[bool, typer.Option("--active", help="Hide revoked keys")] = False,
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant's keys")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
     """List keys (never their tokens)."""
-    ensure_embedded_db(get_settings())
-    with session_scope() as s:
+    settings = get_settings()
+    ensure_embedded_db(settings)
+    with session_scope(settings.database_url) as s:
         rows = [
             {
-                "id": k.id, "name": k.name, "prefix": k.prefix, "scopes": list(k.scopes),
+                "id": k.id, "name": k.name, "prefix": k.prefix, "scopes": list(k.scopes), "tenant": k.tenant_id,
                 "created_at": k.created_at.isoformat(),
                 "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
                 "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
             }
-            for k in list_keys(s, include_revoked=not active)
+            for k in list_keys(s, include_revoked=not active, tenant_id=tenant)
         ]
     if as_json:
         for row in rows:
             print(json.dumps(row))
         return
-    table = Table("id", "name", "prefix", "scopes", "created", "last used", "revoked")
+    table = Table("id", "name", "tenant", "prefix", "scopes", "created", "last used", "revoked")
     for r in rows:
         table.add_row(
-            str(r["id"]), str(r["name"]), str(r["prefix"]), ",".join(r["scopes"]),  # type: ignore[arg-type]
+            str(r["id"]), str(r["name"]), str(r["tenant"]), str(r["prefix"]),
+            ",".join(r["scopes"]),  # type: ignore[arg-type]
             str(r["created_at"])[:19], str(r["last_used_at"] or "")[:19], str(r["revoked_at"] or "")[:19],
         )
     console.print(table)
@@ -75,9 +86,10 @@ def list_(
 @app.command("revoke")
 def revoke(key: Annotated[str, typer.Argument(help="Key id or prefix (ek_...)")]) -> None:
     """Revoke a key; requests with it fail from now on."""
-    ensure_embedded_db(get_settings())
+    settings = get_settings()
+    ensure_embedded_db(settings)
     try:
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             found = revoke_key(s, key)
             revoked = found is not None
     except InputError as exc:
