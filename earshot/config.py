@@ -1,4 +1,11 @@
-"""The one Settings object. Every deployable reads its configuration from here."""
+"""The one Settings object (``EARSHOT_*`` variables, or ``.env``).
+
+One style everywhere: only deployables (services/*, workers/*) call ``get_settings()``. Library
+functions that need configuration take ``settings: Settings`` keyword-only (or a ``Session``)
+and open the database with ``session_scope(settings.database_url)``. A CLI flag becomes
+``settings.model_copy(update={...})`` passed down, never an environment write.
+Fields are grouped by area; each group says where it is used.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +22,14 @@ HOME = Path(".earshot")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EARSHOT_", env_file=".env", extra="ignore")
 
-    # Storage and persistence
+    # Storage and persistence (earshot/storage.py, earshot/db/)
     database_url: str = Field(default=f"sqlite:///{HOME / 'earshot.db'}")
     output_url: str = Field(default=str((HOME / "outputs").resolve().as_uri()))
     scratch_url: str = Field(default=str((HOME / "scratch").resolve().as_uri()))
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
 
-    # Queueing: no broker means tasks run in-process (Celery eager mode)
+    # Queueing (workers/): no broker means tasks run in-process (Celery eager mode)
     broker_url: str | None = None
     result_backend: str | None = None
     task_max_retries: int = 5
@@ -39,12 +46,18 @@ class Settings(BaseSettings):
     job_retry_failed_after_s: float = 300.0
     job_infra_retry_limit: int = 5
 
-    # Inference
+    # Inference engine (earshot/engines/)
     engine: Literal["local", "triton"] = "local"
     model_path: str = str(HOME / "models" / "tiny")
     model_cache_dir: str = str(HOME / "cache" / "models")
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = 120.0
+    triton_max_concurrency: int = 4
+    triton_retry_budget_s: float = 30.0
+
+    # Token budgets (earshot/budgets.py)
     # hard cap on every answer (the converter's generation_config uses 2048, greedy); each
     # task's own budget follows its audio (docs/transcription.md) and never exceeds this
     max_new_tokens: int = 2048
@@ -52,25 +65,25 @@ class Settings(BaseSettings):
     budget_min_tokens: int = 32
     budget_speech_tokens_per_s: float = 6.0  # transcripts: ~2.5 words/s of speech, 2x margin
     budget_audio_tokens_per_s: float = 1.0  # events, summaries, answers: per second of clip
-    # transcription chunks: silero-vad speech, merged into chunks (docs/transcription.md)
+
+    # Transcription chunks (earshot/audio/vad.py): silero-vad speech, merged into chunks (docs/transcription.md)
     vad_threshold: float = 0.4  # silero default 0.5 missed soft onsets after long pauses
     vad_max_chunk_s: float = 30.0
     vad_max_gap_s: float = 3.0
+
+    # Summaries and chapters (earshot/reduce.py)
     # characters of child summaries per reduce call; keeps each call inside the LLM context
     reduce_budget_chars: int = 12000
     # chapters of the file summary: about one per chapter_target_s of audio, at most
     # max_chapters (each costs one title call)
     chapter_target_s: float = 900.0
     max_chapters: int = 12
-    # conversations: audio per clip (a longer file is windowed) and per conversation in total
+
+    # Conversations (earshot/chat/): audio per clip (a longer file is windowed) and in total
     chat_max_clip_s: float = 300.0
     chat_max_audio_s: float = 600.0
-    triton_url: str = "127.0.0.1:8001"
-    triton_timeout_s: float = 120.0
-    triton_max_concurrency: int = 4
-    triton_retry_budget_s: float = 30.0
 
-    # Audio and jobs
+    # Audio and jobs (earshot/pipeline/)
     max_segment_s: float = 600.0
     max_file_bytes: int = 4 * 1024**3
     # 4 h: a long meeting or podcast; tiny silent files must not buy hours of model work
@@ -79,11 +92,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["transcribe", "caption", "events", "summarize", "speak"]
     )
 
-    # Speech
+    # Speech (earshot/speech.py)
     tts_voice: str = "en-us"
     espeak_binary: str = "espeak-ng"
 
-    # API
+    # API (services/api/)
     api_max_upload_bytes: int = 512 * 1024**2
     api_max_json_bytes: int = 64 * 1024  # every JSON request body
     # API-key lookups are cached per process this long: a revoked key works at most this much longer
@@ -131,15 +144,17 @@ class Settings(BaseSettings):
     callback_allow_private: bool = False
     callback_allowed_hosts: list[str] = Field(default_factory=list)  # empty: any public host
 
+    # Logging (earshot/logs.py)
     log_level: str = "INFO"
-    log_json: bool = False
+    log_json: bool = False  # one JSON object per line, for log collectors
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The process's settings, read once from the environment. For deployables only."""
     return Settings()
 
 
 def reset_settings() -> None:
-    """Drop the cached Settings so a changed environment is read again (tests, CLI flags)."""
+    """Drop the cached Settings so a changed environment is read again (tests only)."""
     get_settings.cache_clear()
