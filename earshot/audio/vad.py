@@ -12,6 +12,7 @@ silero-vad ships its weights inside its wheel (MIT licence): it runs offline, he
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class SpeechChunk:
 
 @dataclass(frozen=True)
 class VadOptions:
-    threshold: float = 0.5
+    threshold: float = 0.4
     max_chunk_s: float = 30.0
     max_gap_s: float = 3.0
     min_speech_ms: int = 250
@@ -77,8 +78,9 @@ def speech_regions(
             min_speech_duration_ms=options.min_speech_ms,
             min_silence_duration_ms=options.min_silence_ms,
             speech_pad_ms=options.pad_ms,
-            # silero splits longer speech at its longest pause (or hard, when there is none)
-            max_speech_duration_s=options.max_chunk_s,
+            # silero splits longer speech at its longest pause (or hard, when there is none);
+            # the padding it adds afterwards must still fit in a chunk
+            max_speech_duration_s=options.max_chunk_s - 2 * options.pad_ms / 1000,
         )
     return [(int(r["start"]) / sample_rate, int(r["end"]) / sample_rate) for r in found]
 
@@ -91,7 +93,7 @@ def merge_regions(
     chunks: list[SpeechChunk] = []
     start = end = speech = 0.0
     open_ = False
-    for r_start, r_end in regions:
+    for r_start, r_end in _split_long(regions, max_chunk_s):
         if open_ and (r_end - start > max_chunk_s or r_start - end > max_gap_s):
             chunks.append(SpeechChunk(start, end, speech))
             open_ = False
@@ -102,6 +104,16 @@ def merge_regions(
     if open_:
         chunks.append(SpeechChunk(start, end, speech))
     return chunks
+
+
+def _split_long(regions: Sequence[tuple[float, float]], max_s: float) -> list[tuple[float, float]]:
+    """Regions longer than ``max_s`` (silero's split is a target, not a promise) cut evenly."""
+    out: list[tuple[float, float]] = []
+    for a, b in regions:
+        pieces = max(1, math.ceil((b - a) / max_s - 1e-9))
+        step = (b - a) / pieces
+        out.extend((a + k * step, b if k == pieces - 1 else a + (k + 1) * step) for k in range(pieces))
+    return out
 
 
 def speech_chunks(
