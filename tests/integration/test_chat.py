@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from earshot.af3.chat import SOUND_TOKEN, chatml
+from earshot.af3.chat import SOUND_TOKEN
 from earshot.af3.runtime import AF3Runtime
 from earshot.audio.synth import encode_file, tone_with_silences
 from earshot.auth.service import create_key
@@ -96,52 +96,66 @@ def test_two_clips_three_turns_stored_and_embedded_in_place(
     assert [(t["seq"], t["role"]) for t in conv["turns"]] == [(0, "user"), (1, "assistant")]
     assert conv["turns"][0]["text"] == "What do you hear?" and conv["turns"][0]["clips"] == [1]
 
+    # every prompt the model is sent from here on: the base AF3 hears ONE sound per prompt
+    captured: list[torch.Tensor] = []
+    original = engine.runtime.model.generate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        captured.append(kwargs["inputs_embeds"].detach().clone())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runtime.model, "generate", spy)
+
     # turn 2: clip B, referring back to A
     r = client.post(f"/v1/conversations/{cid}/turns", json={"question": "Compare it with the first one.", "job_ids": [job_b]})
     assert r.status_code == 201, r.text
     assert r.json()["question"]["clips"] == [2] and r.json()["answer"]["seq"] == 3
 
-    # turn 3: no new audio; the prompt still holds both clips, each in its own place
-    captured: dict[str, torch.Tensor] = {}
-    original = engine.runtime.model.generate
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine.runtime.model, "generate", spy)
+    # turn 3: no new audio; both clips are still heard, joined into one sound
     with session_scope() as s:
         prepared = service.prepare_turn(s, conversation_id=cid, question="Which one is longer?", settings=earshot_env)
     r = client.post(f"/v1/conversations/{cid}/turns", json={"question": "Which one is longer?"})
     assert r.status_code == 201, r.text
 
-    prompt = chatml(prepared.turns)
-    assert prompt.count(SOUND_TOKEN) == 2
-    # the first <sound> opens turn 1's user message, the second turn 2's
+    rt = engine.runtime
+    prompt = rt.prompt(prepared.turns)
+    assert prompt.count(SOUND_TOKEN) == 1
     users = [t for t in prepared.turns if t.role == "user"]
-    assert [t.audio for t in users] == [1, 1, 0]
+    assert [t.audio for t in users] == [0, 0, 1]  # the question being asked carries the sound
     assert "Audio 1 is kitchen.wav" in users[0].text and "Audio 2 is street.flac" in users[1].text
+    assert "audio 1 from 0:00 to 0:08; audio 2 from 0:09 to 0:15" in users[2].text
     assert [t.text for t in prepared.turns if t.role == "assistant"] == [
         conv["turns"][1]["text"], client.get(f"/v1/conversations/{cid}").json()["turns"][3]["text"]
     ]
 
-    rt = engine.runtime
-    clip_a, clip_b = (rt.encode(a) for a in prepared.audio)
-    assert (clip_a.shape[0], clip_b.shape[0]) == (200, 150)  # 8 s and 6 s at 25 tokens/s
-    ids = rt.prompt_ids(prompt, [200, 150])[0]
+    # the one audio is clip A, 1 s of silence, clip B
+    (joined,) = prepared.audio
+    with session_scope() as s:
+        rows = s.scalars(
+            select(ConversationClip).where(ConversationClip.conversation_id == cid).order_by(ConversationClip.idx)
+        )
+        a_audio, b_audio = (service.clip_audio(c) for c in list(rows))
+    assert joined.shape[0] == a_audio.shape[0] + 16000 + b_audio.shape[0]
+    assert np.array_equal(joined[: a_audio.shape[0]], a_audio)
+    assert not joined[a_audio.shape[0] : a_audio.shape[0] + 16000].any()
+    assert np.array_equal(joined[-b_audio.shape[0] :], b_audio)
+
+    # in the tensors: one run of audio tokens (15 s at 25 tokens/s), the joined audio's embeddings
+    audio_embeds = rt.encode(joined)
+    assert audio_embeds.shape[0] == 375
+    ids = torch.tensor(rt.prompt_ids(prompt, [375]))
     sound = (ids == rt.sound_id).nonzero().flatten()
-    runs = torch.tensor_split(sound, (torch.diff(sound) != 1).nonzero().flatten() + 1)
-    assert [len(run) for run in runs] == [200, 150]
-    embeds = captured["embeds"][0]
+    assert len(sound) == 375 and bool((torch.diff(sound) == 1).all())
+    assert len(captured) == 2  # turns 2 and 3, one generate each
+    for embeds in captured:
+        assert embeds.shape[0] == 1  # one prompt
+    embeds = captured[-1][0]
     assert embeds.shape[0] == ids.shape[0]
-    assert torch.allclose(embeds[runs[0]], clip_a, atol=1e-6)
-    assert torch.allclose(embeds[runs[1]], clip_b, atol=1e-6)
+    assert torch.allclose(embeds[sound], audio_embeds, atol=1e-6)
     text_pos = (ids != rt.sound_id).nonzero().flatten()
     with torch.inference_mode():
         token_embeds = rt.model.get_input_embeddings()(ids[text_pos])
     assert torch.allclose(embeds[text_pos], token_embeds, atol=1e-6)
-    # the clips are not interchangeable: swapped, they would not match
-    assert not torch.allclose(embeds[runs[0]][:150], clip_b, atol=1e-3)
 
     # every turn is stored, in order
     with session_scope() as s:
@@ -182,11 +196,11 @@ def test_stream_think_and_speak(client: TestClient, engine: LocalEngine, tmp_pat
 
 def test_think_without_adapter_says_so(client: TestClient, engine: LocalEngine, tmp_path: Path) -> None:
     job = processed_job(tmp_path, "a.wav", 3.0, seed=4)
-    engine.runtime.think_loaded = False
+    weights, engine.runtime.think = engine.runtime.think, None  # as if think/ were absent
     try:
         r = client.post("/v1/conversations", json={"job_ids": [job], "question": "Why?", "think": True})
     finally:
-        engine.runtime.think_loaded = True
+        engine.runtime.think = weights
     answer = r.json()["turns"][1]
     assert answer["adapter"] is False and "No think adapter" in answer["note"]
 
@@ -258,10 +272,13 @@ def test_engine_chat_validates_clip_count(engine: LocalEngine) -> None:
     audio = np.zeros(16000, dtype=np.float32)
     with pytest.raises(InputError, match="attach 1 audio clip"):
         engine.chat([Turn("user", "hi", audio=1)], [])
+    with pytest.raises(InputError, match="one sound per prompt"):
+        engine.chat([Turn("user", "hi", audio=2)], [audio, audio])
     with pytest.raises(InputError, match="end with a user turn"):
         engine.chat([Turn("user", "hi", audio=1), Turn("assistant", "yo")], [audio])
     streamed = "".join(engine.chat_stream([Turn("user", "hi", audio=1)], [audio], max_new_tokens=5))
-    assert streamed == engine.chat([Turn("user", "hi", audio=1)], [audio], max_new_tokens=5)
+    answer = engine.chat([Turn("user", "hi", audio=1)], [audio], max_new_tokens=5)
+    assert streamed == answer.text and answer.new_tokens <= 5
 
 
 def test_a_missing_model_is_a_503_with_the_reason(
