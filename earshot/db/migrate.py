@@ -7,26 +7,24 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from earshot.config import get_settings
-
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def alembic_config(url: str | None = None) -> Config:
+def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # '%' would be read as interpolation by configparser (passwords often contain it)
-    cfg.set_main_option("sqlalchemy.url", (url or get_settings().database_url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def upgrade(revision: str = "heads", url: str | None = None) -> None:
+def upgrade(revision: str = "heads", *, url: str) -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def downgrade(revision: str = "base", url: str | None = None) -> None:
+def downgrade(revision: str = "base", *, url: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def current(url: str | None = None) -> None:
+def current(*, url: str) -> None:
     command.current(alembic_config(url), verbose=False)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from earshot.config import get_settings
 from earshot.db import migrate
 from services.cli.common import console
 
@@ -16,21 +17,21 @@ model_app = typer.Typer(help="AF3 checkpoints.", no_args_is_help=True)
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "heads") -> None:
     """Apply migrations (to every head by default)."""
-    migrate.upgrade(revision)
+    migrate.upgrade(revision, url=get_settings().database_url)
     console.print(f"database upgraded to {revision}")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: str = "base") -> None:
     """Revert migrations (to an empty database by default)."""
-    migrate.downgrade(revision)
+    migrate.downgrade(revision, url=get_settings().database_url)
     console.print(f"database downgraded to {revision}")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the applied revision(s)."""
-    migrate.current()
+    migrate.current(url=get_settings().database_url)
 
 
 @model_app.command("init-tiny")

@@ -30,4 +30,4 @@ def apply_overrides(**env: str | None) -> Settings:
 def ensure_embedded_db(settings: Settings) -> None:
     """The embedded SQLite database migrates itself; PostgreSQL is migrated by `earshot db upgrade`."""
     if settings.database_url.startswith("sqlite"):
-        migrate.upgrade()
+        migrate.upgrade(url=settings.database_url)

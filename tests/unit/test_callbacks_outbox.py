@@ -43,7 +43,7 @@ def db(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
         output_url=(tmp_path / "out").as_uri(),
         scratch_url=(tmp_path / "scratch").as_uri(),
     )
-    migrate.upgrade("heads")
+    migrate.upgrade("heads", url=settings.database_url)
     yield settings
 
 
