@@ -1,4 +1,7 @@
-"""Assemble a JobReport (the CLI's --json, the API's job payload, the JSON export) from rows."""
+"""Assemble a JobReport from rows: what `earshot run --json` and `earshot jobs show` print, and
+what the exports (JSON, SRT, WebVTT, Markdown, and the API's Markdown transcript) render. The
+API's job and result payloads are serialised from rows by the API itself, not from this.
+"""
 
 from __future__ import annotations
 
