@@ -74,7 +74,7 @@ def af3_config(smoke: bool) -> Any:
         text = Qwen2Config(
             vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-            rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=False,
             sliding_window=None, use_sliding_window=False,
         )
     return AudioFlamingo3Config(audio_config=audio, text_config=text, audio_token_id=151669 if not smoke else 3999)

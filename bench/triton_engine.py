@@ -30,7 +30,7 @@ import numpy as np
 from earshot import prompts as task_prompts
 from earshot.audio.synth import tone_with_silences
 from earshot.config import Settings
-from earshot.engines.base import Engine
+from earshot.engines.base import Ask, Engine
 
 
 def measure(engine: Engine, clips: Sequence[np.ndarray], prompts: list[str], concurrency: int) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def measure(engine: Engine, clips: Sequence[np.ndarray], prompts: list[str], con
 
     def one(clip: np.ndarray) -> list[str]:
         t0 = time.perf_counter()
-        out = engine.generate(prompts, audio=clip)
+        out = [g.text for g in engine.generate([Ask(q, audio=0) for q in prompts], audios=[clip])]
         latencies.append(time.perf_counter() - t0)
         return out
 
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs: dict[str, list[str]] = {}
         for name, engine in engines.items():
             warm = tone_with_silences(args.segment_s, seed=99)
-            outputs[name] = engine.generate(prompts, audio=warm)  # loads, warms caches
+            warmed = engine.generate([Ask(q, audio=0) for q in prompts], audios=[warm])  # loads, warms caches
+            outputs[name] = [g.text for g in warmed]
             results[name] = []
             for level in levels:
                 n = max(args.segments, 2 * level)

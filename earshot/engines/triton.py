@@ -21,6 +21,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,6 +30,7 @@ import soundfile as sf
 
 from earshot.af3.chat import Turn
 from earshot.config import Settings
+from earshot.engines.base import Ask, Generation
 from earshot.errors import EarshotError, EngineError, EngineUnavailable, InputError
 from earshot.speech import Speech
 from earshot.triton import protocol as p
@@ -35,6 +38,10 @@ from earshot.triton.protocol import check_conversation
 
 log = logging.getLogger("earshot.engines.triton")
 T = TypeVar("T")
+
+# Audio rows per af3 request (below the ensemble's max_batch_size of 64): a segment's speech
+# chunks travel as a few requests that the server's batcher merges again.
+ROWS_PER_REQUEST = 16
 
 # Errors that mean "not now" rather than "never": the server is stopping or starting (models
 # unloaded while the endpoint is still up), or a model's stub is being restarted.
@@ -78,43 +85,86 @@ class TritonEngine:
     def has_think_adapter(self) -> bool:
         if self._think_adapter is None:
             # Nothing asked the LLM yet: one token of a text-only prompt tells.
-            self.generate(["Hello."], max_new_tokens=1)
+            self.generate([Ask("Hello.", max_new_tokens=1)])
         return bool(self._think_adapter)
 
     def generate(
         self,
-        prompts: Sequence[str],
+        asks: Sequence[Ask],
         *,
-        audio: np.ndarray | None = None,
-        max_new_tokens: int | None = None,
+        audios: Sequence[np.ndarray] = (),
         temperature: float = 0.0,
-        think: bool = False,
-    ) -> list[str]:
-        if not prompts:
-            return []
-        from tritonclient.grpc import InferInput, InferRequestedOutput
+    ) -> list[Generation]:
+        """Every ask in as few requests as the wire allows, sent at once; answers in ask order.
 
-        limit = max_new_tokens or self.settings.max_new_tokens
-        inputs = [
-            _tensor(InferInput, p.PROMPTS, np.array([[s.encode("utf-8") for s in prompts]], dtype=np.object_)),
-            _tensor(InferInput, p.MAX_NEW_TOKENS, np.array([[limit]], dtype=np.int32)),
-            _tensor(InferInput, p.TEMPERATURE, np.array([[temperature]], dtype=np.float32)),
-            _tensor(InferInput, p.THINK, np.array([[think]], dtype=np.bool_)),
-        ]
-        model = p.LLM
-        if audio is not None:
-            inputs.insert(0, _tensor(InferInput, p.AUDIO, _audio_row(audio)))
-            model = p.ENSEMBLE
-        outputs = [InferRequestedOutput(p.TEXT), InferRequestedOutput(p.THINK_ADAPTER)]
-        result = self._infer(model, inputs, outputs)
-        texts = [_decode(v) for v in result.as_numpy(p.TEXT).reshape(-1)]
-        if len(texts) != len(prompts):
+        Asks about audio go to the ``af3`` ensemble: one request row per audio (zero-padded,
+        with its valid length), that audio's asks as the row's prompts, so each audio is
+        encoded once. A request's rows share a prompt count and a think flag (think weights
+        may change the encoder), so a segment's three prompts and its speech chunks' single
+        prompts travel as two requests. Text-only asks go to ``af3_llm``. On the server the
+        dynamic batcher merges these requests, and other workers', into batched generates.
+        """
+        if not asks:
+            return []
+        for ask in asks:
+            if ask.audio is not None and not 0 <= ask.audio < len(audios):
+                raise InputError(
+                    f"an ask refers to audio {ask.audio} of {len(audios)}", code="prompt_audio_mismatch"
+                )
+        calls = self._plan(asks, audios, temperature)
+        answers: list[Generation | None] = [None] * len(asks)
+        for call, result in zip(calls, self._infer_all(calls), strict=True):
+            for (r, c), gen in _generations(result, call.slots).items():
+                answers[call.slots[r][c]] = gen
+        out = [a for a in answers if a is not None]
+        if len(out) != len(asks):
             raise EngineError(
-                f"Triton {model} returned {len(texts)} answers for {len(prompts)} prompts",
-                code="engine_bad_response",
+                f"Triton returned {len(out)} answers for {len(asks)} prompts", code="engine_bad_response"
             )
-        self._think_adapter = bool(result.as_numpy(p.THINK_ADAPTER).reshape(-1)[0])
-        return texts
+        return out
+
+    def _plan(self, asks: Sequence[Ask], audios: Sequence[np.ndarray], temperature: float) -> list[_Call]:
+        from tritonclient.grpc import InferInput
+
+        limit = self.settings.max_new_tokens
+        text_only = [i for i, a in enumerate(asks) if a.audio is None]
+        # (audio, think) -> ask indices; one request row each
+        rows: dict[tuple[int, bool], list[int]] = {}
+        for i, ask in enumerate(asks):
+            if ask.audio is not None:
+                rows.setdefault((ask.audio, ask.think), []).append(i)
+        calls: list[_Call] = []
+        if text_only:
+            slots = [text_only]
+            calls.append(_Call(p.LLM, _prompt_inputs(InferInput, asks, slots, limit, temperature), slots))
+        groups: dict[tuple[bool, int], list[tuple[int, list[int]]]] = {}
+        for (audio, think), idx in rows.items():
+            groups.setdefault((think, len(idx)), []).append((audio, idx))
+        for members in groups.values():
+            # Similar lengths share a request: rows are padded to the longest.
+            members.sort(key=lambda m: len(audios[m[0]]))
+            for start in range(0, len(members), ROWS_PER_REQUEST):
+                part = members[start : start + ROWS_PER_REQUEST]
+                slots = [idx for _, idx in part]
+                inputs = _prompt_inputs(InferInput, asks, slots, limit, temperature)
+                inputs += _audio_inputs(InferInput, [audios[a] for a, _ in part])
+                calls.append(_Call(p.ENSEMBLE, inputs, slots))
+        return calls
+
+    def _infer_all(self, calls: Sequence[_Call]) -> list[Any]:
+        """All requests in flight together (each retried on its own; bounded by the slots)."""
+        outputs = [p.TEXT, p.STOP_REASON, p.NEW_TOKENS, p.PROMPT_TOKENS, p.ADAPTER, p.THINK_ADAPTER]
+        from tritonclient.grpc import InferRequestedOutput
+
+        def one(call: _Call) -> Any:
+            result = self._infer(call.model, call.inputs, [InferRequestedOutput(o) for o in outputs])
+            self._think_adapter = bool(result.as_numpy(p.THINK_ADAPTER).reshape(-1)[0])
+            return result
+
+        if len(calls) == 1:
+            return [one(calls[0])]
+        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+            return list(pool.map(one, calls))
 
     def speak(self, text: str) -> Speech:
         from tritonclient.grpc import InferInput
@@ -130,7 +180,7 @@ class TritonEngine:
         sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
         return Speech(wav=buf.getvalue(), sample_rate=rate, duration_s=n / rate if rate else 0.0, voice=voice)
 
-    # ---- conversations and streaming (af3_llm_stream, gRPC) ---------------------------------
+    # ---- conversations ----------------------------------------------------------------------
 
     def chat(
         self,
@@ -140,18 +190,12 @@ class TritonEngine:
         think: bool = False,
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
-    ) -> str:
-        # Collected whole, so a stream cut by a restart can be repeated from the start.
-        check_conversation(turns, len(clips))
-        return self._retrying(
-            lambda: "".join(
-                self._stream_pieces(
-                    conversation=turns, clips=clips, think=think,
-                    max_new_tokens=max_new_tokens, temperature=temperature,
-                )
-            ),
-            p.LLM_STREAM,
-        )
+    ) -> Generation:
+        # The batched LLM (af3 / af3_llm with a conversation): batched with other requests,
+        # with a stop reason and token counts, and retried whole after an outage.
+        inputs = self._conversation_inputs(turns, clips, think, max_new_tokens, temperature, stream=False)
+        call = _Call(p.ENSEMBLE if clips else p.LLM, inputs, [[0]])
+        return _generations(self._infer_all([call])[0], call.slots)[(0, 0)]
 
     def chat_stream(
         self,
@@ -162,37 +206,44 @@ class TritonEngine:
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
     ) -> Iterator[str]:
-        check_conversation(turns, len(clips))
-        yield from self._stream_pieces(
-            conversation=turns, clips=clips, think=think, max_new_tokens=max_new_tokens,
-            temperature=temperature,
-        )
+        inputs = self._conversation_inputs(turns, clips, think, max_new_tokens, temperature, stream=True)
+        yield from self._stream_pieces(inputs)
 
-    def stream(
+    def _conversation_inputs(
         self,
-        prompt: str,
-        *,
-        audio: np.ndarray | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        think: bool = False,
-    ) -> Iterator[str]:
-        """Pieces of one answer about ``audio`` as they are generated; joined = :meth:`generate`'s."""
-        yield from self._stream_pieces(
-            prompt=prompt, clips=[audio] if audio is not None else [], think=think,
-            max_new_tokens=max_new_tokens, temperature=temperature,
-        )
-
-    def _stream_pieces(
-        self,
-        *,
+        turns: Sequence[Turn],
         clips: Sequence[np.ndarray],
         think: bool,
         max_new_tokens: int | None,
         temperature: float,
-        prompt: str | None = None,
-        conversation: Sequence[Turn] | None = None,
-    ) -> Iterator[str]:
+        *,
+        stream: bool,
+    ) -> list[Any]:
+        """One conversation as inputs of af3 / af3_llm (``stream=False``: with a batch
+        dimension) or of af3_llm_stream (without one; raw clips encoded server-side)."""
+        from tritonclient.grpc import InferInput
+
+        check_conversation(turns, len(clips))
+
+        def value(arr: np.ndarray) -> np.ndarray:
+            return arr.reshape(-1) if stream else arr.reshape(1, -1)
+
+        limit = max_new_tokens or self.settings.max_new_tokens
+        inputs = [
+            _tensor(InferInput, p.CONVERSATION, value(np.array([p.encode_turns(turns).encode("utf-8")], dtype=np.object_))),
+            _tensor(InferInput, p.MAX_NEW_TOKENS, value(np.array([limit], dtype=np.int32))),
+            _tensor(InferInput, p.TEMPERATURE, value(np.array([temperature], dtype=np.float32))),
+            _tensor(InferInput, p.THINK, value(np.array([think], dtype=np.bool_))),
+        ]
+        if clips and stream:
+            rows = [_audio_row(c)[0] for c in clips]
+            inputs.append(_tensor(InferInput, p.AUDIO, np.concatenate(rows)))
+            inputs.append(_tensor(InferInput, p.AUDIO_SAMPLES, np.array([r.shape[0] for r in rows], dtype=np.int32)))
+        elif clips:
+            inputs += _audio_inputs(InferInput, clips)
+        return inputs
+
+    def _stream_pieces(self, inputs: list[Any]) -> Iterator[str]:
         """One decoupled request; pieces until the response marked final.
 
         Not retried here: a stream cut halfway cannot be resumed without repeating text.
@@ -200,21 +251,6 @@ class TritonEngine:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        make = grpcclient.InferInput
-        inputs = [
-            _tensor(make, p.MAX_NEW_TOKENS, np.array([max_new_tokens or self.settings.max_new_tokens], dtype=np.int32)),
-            _tensor(make, p.TEMPERATURE, np.array([temperature], dtype=np.float32)),
-            _tensor(make, p.THINK, np.array([think], dtype=np.bool_)),
-        ]
-        if conversation is not None:
-            text = p.encode_turns(conversation).encode("utf-8")
-            inputs.append(_tensor(make, p.CONVERSATION, np.array([text], dtype=np.object_)))
-        else:
-            inputs.append(_tensor(make, p.PROMPT, np.array([(prompt or "").encode("utf-8")], dtype=np.object_)))
-        if clips:
-            rows = [_audio_row(c)[0] for c in clips]
-            inputs.append(_tensor(make, p.AUDIO, np.concatenate(rows)))
-            inputs.append(_tensor(make, p.AUDIO_SAMPLES, np.array([r.shape[0] for r in rows], dtype=np.int32)))
         events: queue.Queue[tuple[Any, Any]] = queue.Queue()
         # A stream belongs to one client object; the shared one keeps serving generate().
         client = grpcclient.InferenceServerClient(self.url)
@@ -351,6 +387,75 @@ def _tensor(factory: Callable[[str, list[int], str], Any], name: str, arr: np.nd
     tensor = factory(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
     tensor.set_data_from_numpy(arr)
     return tensor
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request: its model, inputs, and which ask each (row, column) answers."""
+
+    model: str
+    inputs: list[Any]
+    slots: list[list[int]]
+
+
+def _prompt_inputs(
+    factory: Callable[[str, list[int], str], Any],
+    asks: Sequence[Ask],
+    slots: Sequence[Sequence[int]],
+    default_limit: int,
+    temperature: float,
+) -> list[Any]:
+    """prompts, max_new_tokens and think [rows, n] (one cell per ask) and temperature [rows, 1]."""
+    grid = [[asks[i] for i in row] for row in slots]
+    prompts = np.array([[a.prompt.encode("utf-8") for a in row] for row in grid], dtype=np.object_)
+    limits = np.array([[a.max_new_tokens or default_limit for a in row] for row in grid], dtype=np.int32)
+    think = np.array([[a.think for a in row] for row in grid], dtype=np.bool_)
+    return [
+        _tensor(factory, p.PROMPTS, prompts),
+        _tensor(factory, p.MAX_NEW_TOKENS, limits),
+        _tensor(factory, p.THINK, think),
+        _tensor(factory, p.TEMPERATURE, np.full((len(grid), 1), temperature, dtype=np.float32)),
+    ]
+
+
+def _audio_inputs(factory: Callable[[str, list[int], str], Any], audios: Sequence[np.ndarray]) -> list[Any]:
+    """audio [rows, longest] zero-padded, and each row's valid samples."""
+    rows = [_audio_row(a)[0] for a in audios]
+    width = max(len(r) for r in rows)
+    audio = np.zeros((len(rows), width), dtype=np.float32)
+    for i, row in enumerate(rows):
+        audio[i, : len(row)] = row
+    lengths = np.array([[len(r)] for r in rows], dtype=np.int32)
+    return [_tensor(factory, p.AUDIO, audio), _tensor(factory, p.AUDIO_SAMPLES, lengths)]
+
+
+def _generations(result: Any, slots: Sequence[Sequence[int]]) -> dict[tuple[int, int], Generation]:
+    """Each (row, column) answer of one response, as the runtime's Generation."""
+    text = result.as_numpy(p.TEXT)
+    stop = result.as_numpy(p.STOP_REASON)
+    new = result.as_numpy(p.NEW_TOKENS)
+    prompt = result.as_numpy(p.PROMPT_TOKENS)
+    adapter = result.as_numpy(p.ADAPTER)
+    want = (len(slots), max(len(r) for r in slots))
+    if tuple(text.shape) != want:
+        raise EngineError(
+            f"Triton returned answers shaped {list(text.shape)} for {list(want)} prompts",
+            code="engine_bad_response",
+        )
+    out: dict[tuple[int, int], Generation] = {}
+    for r, row in enumerate(slots):
+        for c in range(len(row)):
+            reason = _decode(stop[r, c])
+            if reason not in ("eos", "length"):
+                raise EngineError(f"Triton returned stop reason {reason!r}", code="engine_bad_response")
+            out[(r, c)] = Generation(
+                text=_decode(text[r, c]),
+                stop="eos" if reason == "eos" else "length",
+                prompt_tokens=int(prompt[r, c]),
+                new_tokens=int(new[r, c]),
+                adapter=bool(adapter[r, c]),
+            )
+    return out
 
 
 def _audio_row(audio: np.ndarray) -> np.ndarray:

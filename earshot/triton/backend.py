@@ -92,6 +92,7 @@ def load_stage(args: ModelArgs, stage: Stage) -> AF3Runtime:
     else:
         inner.audio_tower = None
         inner.multi_modal_projector = None
+    _keep_stage_think(runtime, stage)
     runtime.model.to(args.device)
     runtime.device = args.device
     if args.device.startswith("cuda"):
@@ -99,3 +100,23 @@ def load_stage(args: ModelArgs, stage: Stage) -> AF3Runtime:
 
         torch.cuda.empty_cache()
     return runtime
+
+
+def _keep_stage_think(runtime: AF3Runtime, stage: Stage) -> None:
+    """Keep only the think weights of the stage's own modules.
+
+    The dropped half must not stay referenced (the LLM's would hold gigabytes in the encoder
+    process). The encoder holds no LoRA layers (they are all in the LLM), so its think mode
+    is only the non-LoRA audio weights, switched without PEFT.
+    """
+    from earshot.af3.runtime import ModeGate
+    from earshot.af3.think import AUDIO_PREFIXES
+
+    weights = runtime.think
+    if weights is None:
+        return
+    for name in list(weights.params):
+        if name.startswith(AUDIO_PREFIXES) != (stage == "encoder"):
+            del weights.params[name], weights.think[name], weights.base[name]
+    if stage == "encoder":
+        runtime.gate = ModeGate(weights.apply)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from earshot.af3.chat import chatml, single_turn
 from earshot.af3.runtime import AF3Runtime, window_token_counts
 from earshot.errors import EarshotError, InputError
 from earshot.triton import protocol as p
 from earshot.triton.backend import ModelArgs, load_stage
+from earshot.triton.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_TOKENS, batches, row_length
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_MAX_NEW_TOKENS_LIMIT = 4096
@@ -52,12 +53,12 @@ def _numpy(request: Any, name: str) -> np.ndarray | None:
     return _to_torch(tensor).cpu().numpy()
 
 
-def _row_value(arr: np.ndarray | None, row: int, default: Any) -> Any:
-    """One scalar per batch row; a single value serves every row."""
+def _cell(arr: np.ndarray | None, row: int, col: int, default: Any) -> Any:
+    """One scalar per (row, prompt): [k, n] gives each its own, [k, 1] one per row, [1] one for all."""
     if arr is None or arr.size == 0:
         return default
-    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
-    return flat[min(row, flat.shape[0] - 1), 0].item()
+    grid = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
+    return grid[min(row, grid.shape[0] - 1), min(col, grid.shape[1] - 1)].item()
 
 
 def _texts(arr: np.ndarray) -> list[str]:
@@ -106,7 +107,13 @@ def _each(requests: Sequence[Any], handle: Callable[[Any], Any]) -> list[Any]:
 
 
 class AFWhisperModel:
-    """16 kHz mono PCM [batch, samples] -> projected AF-Whisper embeddings [batch, tokens, hidden]."""
+    """16 kHz mono PCM [batch, samples] (+ valid ``audio_samples`` per row) -> projected
+    AF-Whisper embeddings [batch, tokens, hidden] (zero-padded) and ``clip_tokens`` per row.
+
+    A request may carry several audios of different lengths (the speech chunks of a segment):
+    rows are zero-padded to the longest and ``audio_samples`` says how much of each is audio,
+    so the padding is never encoded.
+    """
 
     runtime: AF3Runtime
     max_windows: int
@@ -117,54 +124,76 @@ class AFWhisperModel:
         self.max_windows = max(1, margs.int_param(p.PARAM_MAX_WINDOWS_PER_BATCH, DEFAULT_MAX_WINDOWS_PER_BATCH))
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
-        import torch
-
-        # Validate and extract features per request, then run the encoder over the windows
-        # of every valid request together: that is where a GPU gains from batching.
-        prepared: list[tuple[torch.Tensor, torch.Tensor] | BaseException] = []
+        # Validate and extract features per audio, then run the encoder over the windows of
+        # every valid request together: that is where a GPU gains from batching.
+        prepared: list[list[_Audio] | BaseException] = []
         for request in requests:
             try:
-                audio = _numpy(request, p.AUDIO)
-                if audio is None:
-                    raise InputError("missing input 'audio'", code="bad_request")
-                rows = audio.reshape(1, -1) if audio.ndim == 1 else audio
-                feats = [self.runtime.features(np.asarray(row, dtype=np.float32)) for row in rows]
-                prepared.append((torch.cat([f for f, _ in feats]), torch.cat([m for _, m in feats])))
+                rows = _audio_rows(request)
+                modes = self._audio_modes(request, len(rows))
+                prepared.append([_Audio(*self.runtime.features(a), m) for a, m in zip(rows, modes, strict=True)])
             except Exception as exc:
                 prepared.append(exc)
-        embeds = self._encode([x for x in prepared if not isinstance(x, BaseException)])
+        flat = [item for x in prepared if not isinstance(x, BaseException) for item in x]
+        encoded: dict[int, Any] = {}
+        for mode in (False, True):
+            group = [(i, a) for i, a in enumerate(flat) if a.think == mode]
+            for (i, _), out in zip(group, self._encode([a for _, a in group], think=mode), strict=True):
+                encoded[i] = out
+        embeds = iter(encoded[i] for i in range(len(flat)))
         responses = []
-        it = iter(embeds)
-        for request, item in zip(requests, prepared, strict=True):
+        for item in prepared:
             if isinstance(item, BaseException):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(item)))
                 continue
-            audio = _numpy(request, p.AUDIO)
-            n_rows = 1 if audio is None or audio.ndim == 1 else audio.shape[0]
-            out = next(it)
-            per_row = out.reshape(n_rows, -1, out.shape[-1])
-            responses.append(pb_utils.InferenceResponse([_float_tensor(p.AUDIO_EMBEDS, per_row)]))
+            clips = [next(embeds) for _ in item]
+            width = max(int(c.shape[0]) for c in clips)
+            out = clips[0].new_zeros((len(clips), width, int(clips[0].shape[-1])))
+            for i, clip in enumerate(clips):
+                out[i, : clip.shape[0]] = clip
+            tokens = np.array([[int(c.shape[0])] for c in clips], dtype=np.int32)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [_float_tensor(p.AUDIO_EMBEDS, out), pb_utils.Tensor(p.CLIP_TOKENS, tokens)]
+                )
+            )
         return responses
 
-    def _encode(self, items: Sequence[tuple[Any, Any]]) -> list[Any]:
+    def _audio_modes(self, request: Any, n_rows: int) -> list[bool]:
+        """Per audio row: encode with the think weights? (only when they change the encoder)."""
+        think = _numpy(request, p.THINK)
+        modes = []
+        for r in range(n_rows):
+            wanted = {bool(_cell(think, r, c, False)) for c in range(_width(think))}
+            audio = {self.runtime.audio_mode(t) for t in wanted}
+            if len(audio) > 1:
+                raise InputError(
+                    "the think weights change the audio encoder here: send think and plain "
+                    "prompts about one audio in separate requests",
+                    code="bad_request",
+                )
+            modes.append(audio.pop())
+        return modes
+
+    def _encode(self, items: Sequence[_Audio], *, think: bool) -> list[Any]:
         """Encoder output per item, windows of several items batched up to ``max_windows``."""
         import torch
 
         results: list[Any] = []
-        group: list[tuple[Any, Any]] = []
+        group: list[_Audio] = []
 
         def flush() -> None:
             if not group:
                 return
-            feats = torch.cat([f for f, _ in group])
-            masks = torch.cat([m for _, m in group])
-            out = self.runtime.encode_features(feats, masks)
-            tokens = [sum(window_token_counts(m)) for _, m in group]
+            feats = torch.cat([a.features for a in group])
+            masks = torch.cat([a.mask for a in group])
+            out = self.runtime.encode_features(feats, masks, think=think)
+            tokens = [sum(window_token_counts(a.mask)) for a in group]
             results.extend(torch.split(out, tokens))
             group.clear()
 
         for item in items:
-            if group and sum(int(f.shape[0]) for f, _ in group) + int(item[0].shape[0]) > self.max_windows:
+            if group and sum(int(a.features.shape[0]) for a in group) + int(item.features.shape[0]) > self.max_windows:
                 flush()
             group.append(item)
         flush()
@@ -172,6 +201,38 @@ class AFWhisperModel:
 
     def finalize(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class _Audio:
+    features: Any  # [windows, mel, frames]
+    mask: Any  # [windows, frames]
+    think: bool  # encode with the think weights on
+
+
+def _width(arr: np.ndarray | None) -> int:
+    """Columns of a per-prompt input ([k, n] -> n; absent or [1] -> 1)."""
+    if arr is None or arr.size == 0 or arr.ndim < 2:
+        return 1
+    return int(arr.reshape(arr.shape[0], -1).shape[1])
+
+
+def _audio_rows(request: Any) -> list[np.ndarray]:
+    """The audios of one request, each cut to its valid length (``audio_samples``)."""
+    audio = _numpy(request, p.AUDIO)
+    if audio is None:
+        raise InputError("missing input 'audio'", code="bad_request")
+    rows = audio.reshape(1, -1) if audio.ndim == 1 else audio.reshape(audio.shape[0], -1)
+    lengths = _numpy(request, p.AUDIO_SAMPLES)
+    out = []
+    for i, row in enumerate(rows):
+        n = int(_cell(lengths, i, 0, row.shape[0]))
+        if not 0 <= n <= row.shape[0]:
+            raise InputError(
+                f"audio_samples[{i}] = {n} is outside the row's {row.shape[0]} samples", code="bad_request"
+            )
+        out.append(np.ascontiguousarray(row[:n], dtype=np.float32))
+    return out
 
 
 # ---- af3_llm: embeddings + prompts -> text -------------------------------------------------
@@ -183,81 +244,182 @@ class _LLMBase:
     max_new_tokens_limit: int
 
     def _setup(self, args: dict[str, str]) -> ModelArgs:
+        from earshot.af3.compiled import apply_decode_mode
+
         margs = ModelArgs.from_triton(args)
         self.runtime = load_stage(margs, "llm")
         self.default_max_new_tokens = margs.int_param(p.PARAM_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS)
         self.max_new_tokens_limit = margs.int_param(p.PARAM_MAX_NEW_TOKENS_LIMIT, DEFAULT_MAX_NEW_TOKENS_LIMIT)
+        cache_len = margs.int_param(p.PARAM_MAX_CACHE_LEN, 0)
+        apply_decode_mode(
+            self.runtime, margs.param(p.PARAM_DECODE_MODE, "eager") or "eager", max_cache_len=cache_len or None
+        )
         return margs
 
-    def _options(self, request: Any, row: int) -> tuple[int, float, bool]:
-        max_new = int(_row_value(_numpy(request, p.MAX_NEW_TOKENS), row, self.default_max_new_tokens))
+    def _options(self, request: Any, row: int, col: int) -> tuple[int, bool]:
+        """(max_new_tokens, think) of one prompt: per prompt [k, n], per row [k, 1] or one value."""
+        max_new = int(_cell(_numpy(request, p.MAX_NEW_TOKENS), row, col, self.default_max_new_tokens))
         if not 0 < max_new <= self.max_new_tokens_limit:
             raise InputError(
                 f"max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {max_new}",
                 code="bad_request",
             )
-        temperature = float(_row_value(_numpy(request, p.TEMPERATURE), row, 0.0))
+        return max_new, bool(_cell(_numpy(request, p.THINK), row, col, False))
+
+    @staticmethod
+    def _temperature(request: Any) -> float:
+        temperature = float(_cell(_numpy(request, p.TEMPERATURE), 0, 0, 0.0))
         if temperature < 0:
             raise InputError(f"temperature must be >= 0, got {temperature}", code="bad_request")
-        think = bool(_row_value(_numpy(request, p.THINK), row, False))
-        return max_new, temperature, think
+        return temperature
 
-    def _clips(self, embeds: Any | None, row: int) -> list[Any]:
-        if embeds is None or embeds.numel() == 0:
-            return []
-        clip = embeds[row] if embeds.dim() == 3 else embeds
-        if clip.dim() != 2 or clip.shape[-1] != self.runtime.model.config.text_config.hidden_size:
+    def _clip(self, clip: Any) -> Any:
+        hidden = self.runtime.model.config.text_config.hidden_size
+        if clip.dim() != 2 or clip.shape[-1] != hidden:
             raise InputError(
-                f"audio_embeds must be [tokens, {self.runtime.model.config.text_config.hidden_size}] "
-                f"per row, got {list(clip.shape)}",
-                code="bad_request",
+                f"audio_embeds must be [tokens, {hidden}] per clip, got {list(clip.shape)}", code="bad_request"
             )
-        return [clip]
+        return clip
 
 
 class AF3LLMModel(_LLMBase):
-    """Prompts [batch, n] (+ optional embeddings [batch, tokens, hidden]) -> texts [batch, n].
+    """Prompts [k, n] about k audios (embeddings [k, tokens, hidden], valid ``clip_tokens``
+    per row) or about none, or one JSON ``conversation`` -> texts [k, n], why each stopped,
+    token counts.
 
-    One encoder pass serves all n prompts of a row, as in the local engine; ChatML is built
-    here with the same ``single_turn`` so both engines feed the LLM identical tokens.
+    Every prompt of every request Triton's dynamic batcher hands one ``execute`` goes through
+    one batched generate (per temperature, up to ``max_batch_rows`` rows each): segments of
+    several Celery workers decode together. One encoder pass serves all n prompts of a row;
+    prompts are built with the checkpoint's template exactly as the local engine builds them.
     """
 
+    max_rows: int
+    max_tokens: int
+
     def initialize(self, args: dict[str, str]) -> None:
-        self._setup(args)
+        margs = self._setup(args)
+        self.max_rows = max(1, margs.int_param(p.PARAM_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_ROWS))
+        self.max_tokens = max(1, margs.int_param(p.PARAM_MAX_BATCH_TOKENS, DEFAULT_MAX_BATCH_TOKENS))
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
-        return _each(requests, self._one)
+        plans: list[_Plan | BaseException] = []
+        for request in requests:
+            try:
+                plans.append(self._plan(request))
+            except Exception as exc:
+                plans.append(exc)
+        slots = [
+            (i, cell, row, plan.temperature)
+            for i, plan in enumerate(plans)
+            if isinstance(plan, _Plan)
+            for cell, row in plan.rows.items()
+        ]
+        answers: dict[tuple[int, tuple[int, int]], Any] = {}
+        failed: dict[int, BaseException] = {}
+        for temperature in sorted({t for *_, t in slots}):
+            group = [s for s in slots if s[3] == temperature]
+            for chunk in batches(group, self.max_rows, self.max_tokens, lambda s: row_length(s[2])):
+                try:
+                    gens = self.runtime.generate_batch([row for _, _, row, _ in chunk], temperature=temperature)
+                except Exception as exc:  # fails only the requests with a row in this batch
+                    for i, *_ in chunk:
+                        failed.setdefault(i, exc)
+                    continue
+                for (i, cell, _, _), gen in zip(chunk, gens, strict=True):
+                    answers[(i, cell)] = gen
+        responses = []
+        for i, plan in enumerate(plans):
+            error = plan if isinstance(plan, BaseException) else failed.get(i)
+            if error is not None:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(error)))
+                continue
+            assert isinstance(plan, _Plan)
+            responses.append(self._response(plan, {cell: answers[(i, cell)] for cell in plan.rows}))
+        return responses
 
-    def _one(self, request: Any) -> Any:
+    def _plan(self, request: Any) -> _Plan:
+        from earshot.af3.chat import single_turn
+        from earshot.af3.runtime import Row
+
+        temperature = self._temperature(request)
+        clips = self._request_clips(request)
+        conversation = _numpy(request, p.CONVERSATION)
         prompts = _numpy(request, p.PROMPTS)
-        if prompts is None:
-            raise InputError("missing input 'prompts'", code="bad_request")
-        rows = prompts.reshape(1, -1) if prompts.ndim == 1 else prompts
-        embeds_in = _input(request, p.AUDIO_EMBEDS)
-        embeds = _to_torch(embeds_in) if embeds_in is not None else None
-        out: list[list[str]] = []
-        for row, row_prompts in enumerate(rows):
-            max_new, temperature, think = self._options(request, row)
-            clips = self._clips(embeds, row)
-            out.append(
-                [
-                    self.runtime.generate(
-                        single_turn(text, n_audio=len(clips), think=think),
-                        clips,
-                        max_new_tokens=max_new,
-                        temperature=temperature,
-                        think=think,
-                    ).text
-                    for text in _texts(row_prompts)
-                ]
+        if (conversation is None) == (prompts is None):
+            raise InputError("send exactly one of 'prompts' and 'conversation'", code="bad_request")
+        if conversation is not None:
+            if conversation.size != 1:
+                raise InputError("'conversation' must hold exactly one JSON text", code="bad_request")
+            turns = p.decode_turns(_texts(conversation)[0])
+            row_clips = clips[0] if clips else []
+            p.check_conversation(turns, len(row_clips))
+            max_new, think = self._options(request, 0, 0)
+            prompt = self.runtime.prompt(turns, think=think)
+            return _Plan((1, 1), temperature, {(0, 0): Row(prompt, row_clips, max_new, think)})
+        assert prompts is not None
+        grid = prompts.reshape(1, -1) if prompts.ndim == 1 else prompts.reshape(prompts.shape[0], -1)
+        if clips and len(clips) != grid.shape[0]:
+            raise InputError(
+                f"{grid.shape[0]} prompt rows for {len(clips)} audio rows", code="prompt_audio_mismatch"
             )
-        adapter = np.full((len(rows), 1), self.runtime.think_loaded, dtype=np.bool_)
+        rows: dict[tuple[int, int], Any] = {}
+        for r, texts in enumerate(grid):
+            row_clips = clips[r] if clips else []
+            for c, text in enumerate(_texts(texts)):
+                max_new, think = self._options(request, r, c)
+                prompt = single_turn(self.runtime.tokenizer, text, n_audio=len(row_clips), think=think)
+                rows[(r, c)] = Row(prompt, row_clips, max_new, think)
+        return _Plan((int(grid.shape[0]), int(grid.shape[1])), temperature, rows)
+
+    def _request_clips(self, request: Any) -> list[list[Any]]:
+        """One list of clip embeddings per row ([] rows: no audio in this request)."""
+        given = _input(request, p.AUDIO_EMBEDS)
+        if given is None:
+            return []
+        embeds = _to_torch(given)
+        if embeds.numel() == 0:
+            return []
+        if embeds.dim() == 2:
+            embeds = embeds.unsqueeze(0)
+        tokens = _numpy(request, p.CLIP_TOKENS)
+        out = []
+        for r in range(int(embeds.shape[0])):
+            n = int(_cell(tokens, r, 0, embeds.shape[1]))
+            if not 0 < n <= embeds.shape[1]:
+                raise InputError(f"clip_tokens[{r}] = {n} does not fit {int(embeds.shape[1])} rows", code="bad_request")
+            out.append([self._clip(embeds[r, :n])])
+        return out
+
+    def _response(self, plan: _Plan, gens: dict[tuple[int, int], Any]) -> Any:
+        k, n = plan.shape
+        text = [[gens[(r, c)].text for c in range(n)] for r in range(k)]
+        stop = [[gens[(r, c)].stop for c in range(n)] for r in range(k)]
+        new = np.array([[gens[(r, c)].new_tokens for c in range(n)] for r in range(k)], dtype=np.int32)
+        prompt = np.array([[gens[(r, c)].prompt_tokens for c in range(n)] for r in range(k)], dtype=np.int32)
+        adapter = np.array([[bool(gens[(r, c)].adapter) for c in range(n)] for r in range(k)], dtype=np.bool_)
+        loaded = np.full((k, 1), self.runtime.think_loaded, dtype=np.bool_)
         return pb_utils.InferenceResponse(
-            [_bytes_tensor(p.TEXT, out), pb_utils.Tensor(p.THINK_ADAPTER, adapter)]
+            [
+                _bytes_tensor(p.TEXT, text),
+                _bytes_tensor(p.STOP_REASON, stop),
+                pb_utils.Tensor(p.NEW_TOKENS, new),
+                pb_utils.Tensor(p.PROMPT_TOKENS, prompt),
+                pb_utils.Tensor(p.ADAPTER, adapter),
+                pb_utils.Tensor(p.THINK_ADAPTER, loaded),
+            ]
         )
 
     def finalize(self) -> None:
         pass
+
+
+@dataclass
+class _Plan:
+    """One request's prompts, ready for the batch: (row, column) -> runtime Row."""
+
+    shape: tuple[int, int]
+    temperature: float
+    rows: dict[tuple[int, int], Any]
 
 
 # ---- af3_llm_stream: the same LLM, decoupled, one response per text piece ----------------
@@ -269,7 +431,7 @@ class AF3LLMStreamModel(_LLMBase):
     Clips come as raw ``audio`` (all clips concatenated, split by ``audio_samples``; each is
     encoded on its own by ``af_whisper`` via BLS, so a client needs one call) or as ready
     ``audio_embeds`` (split by ``clip_tokens``). A conversation is JSON turns rendered with
-    the same ``chatml`` the local engine uses; a plain prompt is ``single_turn``.
+    the checkpoint's template as the local engine renders it; a plain prompt is ``single_turn``.
     """
 
     def initialize(self, args: dict[str, str]) -> None:
@@ -291,9 +453,10 @@ class AF3LLMStreamModel(_LLMBase):
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
-            max_new, temperature, think = self._options(request, 0)
+            max_new, think = self._options(request, 0, 0)
+            temperature = self._temperature(request)
             clips = self._clip_embeddings(request)
-            chat = self._chatml(request, len(clips), think)
+            chat = self._prompt(request, len(clips), think)
             for piece in self.runtime.stream(
                 chat, clips, max_new_tokens=max_new, temperature=temperature, think=think
             ):
@@ -302,8 +465,9 @@ class AF3LLMStreamModel(_LLMBase):
         except Exception as exc:
             sender.send(pb_utils.InferenceResponse(output_tensors=[], error=_error(exc)), flags=final)
 
-    @staticmethod
-    def _chatml(request: Any, n_clips: int, think: bool) -> str:
+    def _prompt(self, request: Any, n_clips: int, think: bool) -> str:
+        from earshot.af3.chat import single_turn
+
         conversation = _numpy(request, p.CONVERSATION)
         prompt = _numpy(request, p.PROMPT)
         if (conversation is None) == (prompt is None):
@@ -311,11 +475,11 @@ class AF3LLMStreamModel(_LLMBase):
         if prompt is not None:
             if prompt.size != 1:
                 raise InputError("'prompt' must hold exactly one text", code="bad_request")
-            return single_turn(_texts(prompt)[0], n_audio=n_clips, think=think)
+            return single_turn(self.runtime.tokenizer, _texts(prompt)[0], n_audio=n_clips, think=think)
         assert conversation is not None
         turns = p.decode_turns(_texts(conversation)[0])
         p.check_conversation(turns, n_clips)
-        return chatml(turns, think=think)
+        return self.runtime.prompt(turns, think=think)
 
     def _clip_embeddings(self, request: Any) -> list[Any]:
         import torch
@@ -331,7 +495,8 @@ class AF3LLMStreamModel(_LLMBase):
                     f"clip_tokens {counts} do not split {int(embeds.shape[0])} embedding rows",
                     code="bad_request",
                 )
-            return [self._clips(clip, 0)[0] for clip in torch.split(embeds, counts)]
+            return [self._clip(clip) for clip in torch.split(embeds, counts)]
+        think = bool(_cell(_numpy(request, p.THINK), 0, 0, False))
         audio = _numpy(request, p.AUDIO)
         if audio is None:
             return []
@@ -343,14 +508,17 @@ class AF3LLMStreamModel(_LLMBase):
                 f"audio_samples {counts} do not split {flat.shape[0]} samples", code="bad_request"
             )
         bounds = np.cumsum([0, *counts])
-        return [self._encode(flat[a:b]) for a, b in itertools.pairwise(bounds)]
+        return [self._encode(flat[a:b], think) for a, b in itertools.pairwise(bounds)]
 
     @staticmethod
-    def _encode(clip: np.ndarray) -> Any:
+    def _encode(clip: np.ndarray, think: bool) -> Any:
         response = pb_utils.InferenceRequest(
             model_name=p.ENCODER,
             requested_output_names=[p.AUDIO_EMBEDS],
-            inputs=[pb_utils.Tensor(p.AUDIO, clip.reshape(1, -1))],
+            inputs=[
+                pb_utils.Tensor(p.AUDIO, clip.reshape(1, -1)),
+                pb_utils.Tensor(p.THINK, np.array([[think]], dtype=np.bool_)),
+            ],
         ).exec()
         if response.has_error():
             code, bad_input, message = p.parse_error(response.error().message())

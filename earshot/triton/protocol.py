@@ -27,12 +27,16 @@ AUDIO_EMBEDS = "audio_embeds"  # FP32 [n_tokens, llm_hidden], the encoder -> LLM
 PROMPTS = "prompts"  # BYTES, plain user prompts; ChatML is built server-side
 PROMPT = "prompt"  # BYTES, one prompt (the streaming model)
 CONVERSATION = "conversation"  # BYTES, JSON turns [{"role", "text", "audio"}] (streaming model)
-AUDIO_SAMPLES = "audio_samples"  # INT32, length of each clip in a concatenated ``audio``
-CLIP_TOKENS = "clip_tokens"  # INT32, rows of each clip in concatenated ``audio_embeds``
+AUDIO_SAMPLES = "audio_samples"  # INT32, valid samples of each audio row (or clip, streaming)
+CLIP_TOKENS = "clip_tokens"  # INT32, valid embedding rows of each audio (or clip, streaming)
 MAX_NEW_TOKENS = "max_new_tokens"  # INT32
 TEMPERATURE = "temperature"  # FP32, 0 = greedy
 THINK = "think"  # BOOL
 TEXT = "text"  # BYTES
+STOP_REASON = "stop_reason"  # BYTES per answer: "eos" (the model ended it) or "length" (budget hit)
+NEW_TOKENS = "new_tokens"  # INT32 per answer, the eos token included
+PROMPT_TOKENS = "prompt_tokens"  # INT32 per answer, audio tokens included
+ADAPTER = "adapter"  # BOOL per answer: the think adapter was applied to it
 THINK_ADAPTER = "think_adapter"  # BOOL: a think LoRA is loaded on the serving side
 FINAL = "final"  # BOOL, the last streamed response
 WAVEFORM = "waveform"  # FP32 PCM in [-1, 1]
@@ -47,6 +51,10 @@ PARAM_CPU_THREADS = "cpu_threads"  # torch threads per instance when it runs on 
 PARAM_MAX_NEW_TOKENS = "max_new_tokens"
 PARAM_MAX_NEW_TOKENS_LIMIT = "max_new_tokens_limit"
 PARAM_MAX_WINDOWS_PER_BATCH = "max_windows_per_batch"
+PARAM_MAX_BATCH_ROWS = "max_batch_rows"  # sequences per batched generate (af3_llm)
+PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"  # rows x longest prompt per batched generate
+PARAM_DECODE_MODE = "decode_mode"  # eager | static | compiled (earshot.af3.compiled)
+PARAM_MAX_CACHE_LEN = "max_cache_len"  # static KV cache length; 0 = grow to the longest call
 PARAM_ESPEAK_VOICE = "espeak_voice"
 PARAM_ESPEAK_BINARY = "espeak_binary"
 PARAM_NEURAL_VOICE_PATH = "neural_voice_path"
@@ -91,8 +99,9 @@ def check_conversation(turns: Sequence[Turn], n_clips: int) -> None:
     if not turns or turns[-1].role != "user":
         raise InputError("a conversation must end with a user turn", code="bad_conversation")
     wanted = sum(t.audio for t in turns)
-    if wanted != n_clips:
+    if wanted != n_clips or n_clips > 1:
         raise InputError(
-            f"the turns attach {wanted} audio clip(s) but {n_clips} were given",
+            f"the turns attach {wanted} audio clip(s) and {n_clips} were given; the base "
+            "AF3 hears one sound per prompt (join clips first, see earshot.chat)",
             code="prompt_audio_mismatch",
         )

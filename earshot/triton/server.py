@@ -27,6 +27,7 @@ import httpx
 from earshot.errors import ConfigError, EngineError
 
 READY_TIMEOUT_S = 180.0
+EXIT_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ def python_libdir() -> str | None:
     return str(libdir) if (Path(libdir) / str(soname)).exists() else None
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _prepend(entry: str, path: str) -> str:
     return os.pathsep.join([entry, *[p for p in path.split(os.pathsep) if p and p != entry]])
 
@@ -143,6 +148,9 @@ class TritonServer:
     """One tritonserver process. ``start()`` returns once it reports ready."""
 
     repository: Path
+    # Every listener binds here (HTTP, gRPC, metrics): loopback unless told otherwise, because
+    # tritonserver itself binds 0.0.0.0. In a pod, 0.0.0.0 is passed explicitly.
+    host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -154,12 +162,21 @@ class TritonServer:
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
+    def client_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind includes loopback)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{_url_host(self.client_host)}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{_url_host(self.client_host)}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{_url_host(self.client_host)}:{self.metrics_port}"
 
     @property
     def shm_prefix(self) -> str:
@@ -173,12 +190,17 @@ class TritonServer:
             str(install.binary),
             f"--model-repository={self.repository}",
             f"--backend-directory={install.backends}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
-            "--exit-timeout-secs=10",
+            # Unloading python models is a stub exit per instance; on a busy machine 10 s was
+            # not always enough and the server then exits with an error.
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             # Audio tensors are megabytes: grow the stub's shared memory in big steps.
             "--backend-config=python,shm-default-byte-size=16777216",
@@ -201,7 +223,7 @@ class TritonServer:
         grace = 15.0 if self.process is not None else 0.0
         for port in (self.http_port, self.grpc_port, self.metrics_port):
             deadline = time.monotonic() + grace
-            while port_in_use(port):
+            while port_in_use(port, self.client_host):
                 if time.monotonic() > deadline:
                     raise EngineError(f"port {port} is already in use", code="triton_port_in_use")
                 time.sleep(0.25)
@@ -248,7 +270,7 @@ class TritonServer:
             f"tritonserver was not ready after {timeout:.0f} s{self._log_tail()}", code="triton_start_failed"
         )
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = EXIT_TIMEOUT_S + 15.0) -> int | None:
         """SIGTERM (Triton unloads models, stubs exit), then SIGKILL for the whole group."""
         proc = self.process
         if proc is None:

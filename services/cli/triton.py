@@ -26,6 +26,10 @@ def serve(
     model_path: Annotated[
         str | None, typer.Option(help="AF3 weights: local dir or s3:// prefix (default: EARSHOT_MODEL_PATH)")
     ] = None,
+    address: Annotated[
+        str,
+        typer.Option(help="Bind address of the HTTP, gRPC and metrics listeners (0.0.0.0: every interface)"),
+    ] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="HTTP/REST port")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (EARSHOT_TRITON_URL points here)")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port")] = 8002,
@@ -51,6 +55,7 @@ def serve(
         repo = prepare_repository(source, Path(tmp) / "model_repo", cpu=cpu, model_path=weights)
         server = TritonServer(
             repo,
+            host=address,
             http_port=http_port,
             grpc_port=grpc_port,
             metrics_port=metrics_port,
@@ -65,8 +70,8 @@ def serve(
             err_console.print(f"starting tritonserver ({'CPU' if cpu else 'GPU'}) with weights {weights}")
             server.start(wait=True, foreground=True)
             err_console.print(
-                f"[green]ready[/]  gRPC {server.grpc_url}  HTTP {server.http_url}  "
-                f"metrics 127.0.0.1:{metrics_port}/metrics"
+                f"[green]ready[/]  listening on {address}: gRPC :{grpc_port}  HTTP :{http_port}  "
+                f"metrics :{metrics_port}/metrics"
             )
             assert server.process is not None
             code = server.process.wait()

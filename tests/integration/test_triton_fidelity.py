@@ -1,6 +1,7 @@
 """The triton engine returns what the local engine returns, token for token (greedy decoding).
 
-Both run Earshot's own AF3 code on the same tiny checkpoint; only the transport differs.
+Both run Earshot's own AF3 code on the same tiny checkpoint; only the transport differs. On CPU in
+float32 batched greedy decoding equals unbatched, so this holds however the server batched.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from earshot.af3.chat import Turn
 from earshot.analysis import analyze_audio
 from earshot.audio.synth import tone_with_silences
 from earshot.config import Settings
+from earshot.engines.base import Ask
 from earshot.engines.local import LocalEngine
 from earshot.engines.triton import TritonEngine
 from earshot.errors import InputError
 from earshot.triton.server import TritonServer
+from tests.fixtures.speech import spoken
 
 TASKS = ["transcribe", "caption", "events", "summarize", "think"]
 
@@ -34,40 +37,73 @@ def engines(tiny_model_dir: Path, triton_server: TritonServer) -> Iterator[tuple
 
 
 def test_segment_analysis_is_identical(engines: tuple[LocalEngine, TritonEngine]) -> None:
+    """One call per segment: its task prompts plus one transcription per speech chunk."""
     local, triton = engines
-    audio = tone_with_silences(20.0, [(6.0, 8.5), (14.0, 15.0)], seed=3)
+    settings = local.settings  # max_new_tokens=12 caps every task's budget: quick on CPU
+    audio = spoken(45.0, [(12.0, 16.0), (31.0, 34.0)])  # eSpeak NG sentences: the VAD finds them
     questions = ["How many speakers are there?"]
-    a = analyze_audio(local, audio, tasks=TASKS, questions=questions)
-    b = analyze_audio(triton, audio, tasks=TASKS, questions=questions)
+    a = analyze_audio(local, audio, tasks=TASKS, questions=questions, settings=settings)
+    b = analyze_audio(triton, audio, tasks=TASKS, questions=questions, settings=settings)
     assert {"transcribe", "caption", "events", "summarize", f"q:{questions[0]}"} <= set(a.raw)
+    assert a.prompts > 5  # the speech chunks were transcribed one prompt each, in the same call
     assert b.raw == a.raw  # every generated text, token for token
     assert b.transcript == a.transcript and b.events == a.events and b.summary == a.summary
     assert b.reasoning == a.reasoning and all(r.adapter for r in b.reasoning)
     assert triton.has_think_adapter is True
 
 
+def test_several_audios_per_call_match_with_stop_reasons_and_token_counts(
+    engines: tuple[LocalEngine, TritonEngine],
+) -> None:
+    """Audios of different lengths share requests (zero-padded rows) and budgets differ per
+    ask: every Generation, stop reason and token count included, equals the local one."""
+    local, triton = engines
+    audios = [tone_with_silences(s, [(0.5, 0.9)], seed=i) for i, s in enumerate((2.0, 9.5, 4.25, 30.0))]
+    asks = [Ask("Transcribe the input speech.", audio=i, max_new_tokens=3 + 4 * i) for i in range(4)]
+    asks += [
+        Ask("Describe the audio in one sentence.", audio=1, max_new_tokens=1),
+        Ask("Summarize the content of the audio in a few sentences.", audio=1),
+        Ask("Summarize these notes: the budget grew.", max_new_tokens=5),
+        Ask("What happens at the start?", audio=2, think=True, max_new_tokens=6),
+    ]
+    want = local.generate(asks, audios=audios)
+    got = triton.generate(asks, audios=audios)
+    assert got == want
+    assert got[4].stop == "length" and got[4].new_tokens == 1  # a budget of one token
+    assert all(g.new_tokens <= (a.max_new_tokens or 12) for g, a in zip(got, asks, strict=True))
+    assert all(g.prompt_tokens > 25 * 2 for g in got[:4])  # audio tokens counted
+    assert got[-1].adapter and not got[0].adapter
+    with pytest.raises(InputError) as err:
+        triton.generate([Ask("Hi.", audio=4)], audios=audios)
+    assert err.value.code == "prompt_audio_mismatch"
+
+
 def test_text_only_and_sampling_parameters_match(engines: tuple[LocalEngine, TritonEngine]) -> None:
     local, triton = engines
-    prompts = ["Summarize these notes: the budget grew.", "List the chapters."]
-    assert triton.generate(prompts, max_new_tokens=7) == local.generate(prompts, max_new_tokens=7)
-    assert triton.generate(prompts, think=True) == local.generate(prompts, think=True)
+    asks = [Ask("Summarize these notes: the budget grew.", max_new_tokens=7), Ask("List the chapters.")]
+    assert triton.generate(asks) == local.generate(asks)
+    thinking = [Ask(a.prompt, think=True) for a in asks]
+    assert triton.generate(thinking) == local.generate(thinking)
     assert triton.generate([]) == []
 
 
-def test_multi_audio_conversation_matches(engines: tuple[LocalEngine, TritonEngine]) -> None:
+def test_conversation_matches_and_streams_the_same_text(engines: tuple[LocalEngine, TritonEngine]) -> None:
     local, triton = engines
-    a, b = tone_with_silences(4.0, seed=1), tone_with_silences(2.5, seed=2)
+    clip = tone_with_silences(4.0, seed=1)
     turns = [
-        Turn("user", "Compare these two clips.", audio=2),
-        Turn("assistant", "The first is longer."),
+        Turn("user", "What is in this clip?"),
+        Turn("assistant", "A tone."),
         Turn("user", "And now this one?", audio=1),
     ]
-    clips = [a, b, a[:16000]]
-    want = local.chat(turns, clips, max_new_tokens=10)
-    assert triton.chat(turns, clips, max_new_tokens=10) == want
-    assert "".join(triton.chat_stream(turns, clips, max_new_tokens=10)) == want
+    want = local.chat(turns, [clip], max_new_tokens=10)
+    assert triton.chat(turns, [clip], max_new_tokens=10) == want
+    assert "".join(triton.chat_stream(turns, [clip], max_new_tokens=10)) == want.text
+    text_only = [*turns[:2], Turn("user", "Say it again.")]
+    assert triton.chat(text_only, [], think=True, max_new_tokens=6) == local.chat(
+        text_only, [], think=True, max_new_tokens=6
+    )
     with pytest.raises(InputError) as err:
-        triton.chat(turns, clips[:2])
+        triton.chat([Turn("user", "Compare.", audio=2)], [clip, clip])
     assert err.value.code == "prompt_audio_mismatch"
 
 

@@ -21,13 +21,15 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from typer.testing import CliRunner
 
+from earshot.af3.chat import Turn
 from earshot.audio.synth import tone_with_silences
 from earshot.config import Settings
+from earshot.engines.base import Ask
 from earshot.engines.triton import TritonEngine
 from earshot.errors import InputError
 from earshot.triton import protocol as p
 from earshot.triton.repository import default_repository, get_parameter, prepare_repository, set_parameter
-from earshot.triton.server import TritonServer, free_port
+from earshot.triton.server import TritonServer, free_port, port_in_use
 
 PROMPTS = ["Transcribe the input speech.", "Describe the audio in one sentence."]
 
@@ -56,6 +58,16 @@ def test_cpu_variant_rewrites_kind_and_weights(tmp_path: Path) -> None:
     assert get_parameter(llm, p.PARAM_MODEL_PATH) == "s3://bucket/af3/"
     shipped = (default_repository() / "af3_llm" / "config.pbtxt").read_text()
     assert "KIND_GPU" in shipped and get_parameter(shipped, p.PARAM_MODEL_PATH) == "${EARSHOT_MODEL_PATH}"
+
+
+def test_server_command_binds_every_listener_to_the_given_address(tmp_path: Path) -> None:
+    from earshot.triton.server import TritonInstall
+
+    install = TritonInstall(tmp_path)  # command() only names paths inside it
+    default = TritonServer(tmp_path, install=install).command()
+    assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(default)
+    pod = TritonServer(tmp_path, host="0.0.0.0", grpc_port=9001, install=install)
+    assert "--grpc-address=0.0.0.0" in pod.command() and pod.grpc_url == "127.0.0.1:9001"
 
 
 def test_ensemble_over_grpc_and_http_agree(triton_server: TritonServer) -> None:
@@ -142,8 +154,9 @@ def test_streaming_is_incremental_and_ends_with_final_flag(triton_server: Triton
 
     engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=12))
     streamed = "".join(r[1] for r in responses)
-    assert streamed == engine.generate([PROMPTS[0]], audio=audio)[0]
-    assert "".join(engine.stream(PROMPTS[0], audio=audio)) == streamed
+    assert streamed == engine.generate([Ask(PROMPTS[0], audio=0)], audios=[audio])[0].text
+    turn = [Turn("user", PROMPTS[0], audio=1)]
+    assert "".join(engine.chat_stream(turn, [audio])) == streamed
 
 
 @pytest.mark.parametrize(
@@ -162,11 +175,11 @@ def test_bad_audio_is_a_clear_error_and_the_server_stays_healthy(
 
     engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=4))
     with pytest.raises(InputError) as err:
-        engine.generate(["Describe."], audio=bad[0])
+        engine.generate([Ask("Describe.", audio=0)], audios=[bad[0]])
     assert err.value.code == code
 
     assert g.is_server_ready() and g.is_model_ready(p.ENCODER)
-    assert len(engine.generate(["Describe."], audio=tone_with_silences(2.0))) == 1
+    assert len(engine.generate([Ask("Describe.", audio=0)], audios=[tone_with_silences(2.0)])) == 1
 
 
 def test_cli_health_and_models(triton_server: TritonServer) -> None:
@@ -236,31 +249,69 @@ def test_cli_serve_runs_in_the_foreground_with_a_neural_voice(tmp_path: Path, ti
         assert int(spoken.as_numpy(p.SAMPLES)[0, 0]) > 0
         assert int(spoken.as_numpy(p.SAMPLE_RATE)[0, 0]) == 16000
         assert spoken.as_numpy(p.VOICE)[0, 0].decode() == "transformers:vits"
+        # Every listener on loopback only: 127.0.0.2 is this machine too, but not the bound
+        # address (tritonserver alone would bind 0.0.0.0 and answer there).
+        for port in (http, grpc, metrics):
+            assert port_in_use(port, "127.0.0.1") and not port_in_use(port, "127.0.0.2"), port
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[0].decode()
+        out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 0, out
     assert "ready" in out
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(triton_server: TritonServer) -> None:
-    """The dynamic batcher hands af_whisper several requests at once; their windows share one
-    encoder pass and must be split back to the right request."""
+def _stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(executions, inferences) of a model: fewer executions than inferences = batched."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
+
+
+def test_concurrent_requests_decode_together_and_get_the_tokens_they_get_alone(triton_server: TritonServer) -> None:
+    """Segments from several workers at once: the dynamic batcher hands af_whisper and af3_llm
+    several requests per execute (one encoder forward, one batched generate), and each request
+    gets exactly the tokens it gets alone (CPU float32: batching changes no token)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=6, triton_max_concurrency=8))
+    engine = TritonEngine(Settings(triton_url=triton_server.grpc_url, max_new_tokens=16, triton_max_concurrency=8))
     clips = [tone_with_silences(4.0 + i * 3.0, [(1.0, 1.2 + i * 0.3)], seed=10 + i) for i in range(6)]
-    alone = [engine.generate(PROMPTS, audio=c) for c in clips]
+    asks = [Ask(text, audio=0) for text in PROMPTS]
+    alone = [engine.generate(asks, audios=[c]) for c in clips]
     g = grpcclient.InferenceServerClient(triton_server.grpc_url)
-
-    def counts() -> tuple[int, int]:
-        stats = g.get_inference_statistics(p.ENCODER, as_json=True)["model_stats"][0]
-        return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
-
-    before = counts()
+    before = {m: _stats(g, m) for m in (p.ENCODER, p.LLM)}
     with ThreadPoolExecutor(max_workers=len(clips)) as pool:
-        together = list(pool.map(lambda c: engine.generate(PROMPTS, audio=c), clips))
-    after = counts()
+        together = list(pool.map(lambda c: engine.generate(asks, audios=[c]), clips))
+    after = {m: _stats(g, m) for m in (p.ENCODER, p.LLM)}
     assert together == alone
-    executions, inferences = after[0] - before[0], after[1] - before[1]
-    assert inferences == len(clips) and executions < inferences  # some requests shared a pass
+    for model in (p.ENCODER, p.LLM):
+        executions, inferences = (after[model][i] - before[model][i] for i in (0, 1))
+        assert inferences == len(clips) and executions < inferences, (model, executions)
+
+
+def test_one_request_with_audios_of_different_lengths_equals_each_alone(triton_server: TritonServer) -> None:
+    """Rows are zero-padded to the longest; ``audio_samples`` keeps the padding out of the
+    encoder, and ``clip_tokens`` keeps padded embeddings out of the prompt."""
+    g = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    clips = [tone_with_silences(s, [(0.4, 0.7)], seed=int(s)) for s in (1.5, 6.0, 3.0)]
+    width = max(len(c) for c in clips)
+    audio = np.zeros((len(clips), width), dtype=np.float32)
+    for i, c in enumerate(clips):
+        audio[i, : len(c)] = c
+    prompts = np.array([[PROMPTS[0].encode()]] * len(clips), dtype=np.object_)
+    limits = np.array([[6], [9], [4]], dtype=np.int32)
+    together = g.infer(
+        p.ENSEMBLE,
+        _inputs(
+            grpcclient, audio=audio, audio_samples=np.array([[len(c)] for c in clips], dtype=np.int32),
+            prompts=prompts, max_new_tokens=limits,
+        ),
+    )
+    embeds = g.infer(p.ENCODER, _inputs(grpcclient, audio=audio[:1, : len(clips[0])]))
+    assert int(embeds.as_numpy(p.CLIP_TOKENS)[0, 0]) == 37  # 1.5 s (~25 tokens/s), not the padded 6 s
+    for i, c in enumerate(clips):
+        alone = g.infer(
+            p.ENSEMBLE,
+            _inputs(grpcclient, audio=c.reshape(1, -1), prompts=prompts[:1], max_new_tokens=limits[i : i + 1]),
+        )
+        for name in (p.TEXT, p.STOP_REASON, p.NEW_TOKENS, p.PROMPT_TOKENS):
+            assert together.as_numpy(name)[i].tolist() == alone.as_numpy(name)[0].tolist(), (i, name)
+    assert all(n <= limit for n, limit in zip(together.as_numpy(p.NEW_TOKENS).reshape(-1), [6, 9, 4], strict=True))

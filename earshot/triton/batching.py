@@ -1,0 +1,45 @@
+"""How af3_llm cuts the prompts of one dynamic batch into batched generates.
+
+Kept free of Triton's python-backend module so the GPU benchmark applies the same policy to
+in-process runs, and so it can be checked anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Sequences per batched generate: bounds KV-cache memory when the batcher hands over a lot.
+DEFAULT_MAX_BATCH_ROWS = 64
+# Padded prompt tokens per batched generate (rows x longest prompt): bounds prefill and KV
+# memory; 262144 is about 15 GB of bf16 KV cache for the 7B LLM.
+DEFAULT_MAX_BATCH_TOKENS = 262144
+
+
+def row_length(row: Any) -> int:
+    """Prompt tokens of a runtime ``Row``, estimated before tokenizing (audio tokens dominate)."""
+    return sum(int(e.shape[0]) for e in row.audio_embeds) + len(row.prompt) // 3 + 1
+
+
+def batches(items: Sequence[T], max_rows: int, max_tokens: int, length: Callable[[T], int]) -> list[list[T]]:
+    """``items`` sorted by length and cut into runs of at most ``max_rows`` rows and at most
+    ``max_tokens`` prompt tokens once padded to the run's longest (an over-long item runs alone).
+
+    Sorting keeps similar lengths together: a 30 s chunk's prompt is ~800 tokens, a 600 s
+    segment's ~15,000; batched with each other, the chunks would be padded to the segment.
+    """
+    out: list[list[T]] = []
+    run: list[T] = []
+    longest = 0
+    for item in sorted(items, key=length):
+        n = length(item)
+        if run and (len(run) + 1 > max_rows or (len(run) + 1) * max(longest, n) > max_tokens):
+            out.append(run)
+            run, longest = [], 0
+        run.append(item)
+        longest = max(longest, n)
+    if run:
+        out.append(run)
+    return out
