@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,23 +17,31 @@ from sqlalchemy.orm import Session, sessionmaker
 from earshot.config import get_settings
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; foreign keys give ON DELETE CASCADE.
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def prepare_sqlite(url: str, engine: Engine) -> None:
+    """The embedded database's directory exists, and every connection gets WAL and foreign keys.
+
+    ``engine`` is a sync engine (for an async one, pass its ``sync_engine``).
+    """
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    event.listen(engine, "connect", _sqlite_pragmas)
+
+
 @lru_cache(maxsize=8)
 def db_engine(url: str | None = None) -> Engine:
     url = url or get_settings().database_url
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record):  # type: ignore[no-untyped-def]
-            # WAL lets the API read while a worker writes; foreign keys give ON DELETE CASCADE.
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
+        prepare_sqlite(url, engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
