@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from earshot import storage
-from earshot.config import get_settings
 from earshot.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
@@ -107,11 +106,13 @@ def fetch_dir(uri: str, *, cache: Path) -> Path:
     return local
 
 
-def model_dir(uri: str) -> Path:
-    """Local directory of an AF3 checkpoint named by a path or an s3:// prefix."""
-    from earshot.af3.loading import resolve_model_dir
-
-    path = resolve_model_dir(uri, get_settings())
+def model_dir(uri: str, *, cache: Path) -> Path:
+    """Local directory of an AF3 checkpoint named by a path or an s3:// prefix (mirrored under
+    ``cache``, the curriculum's cache directory, like the audio and the checkpoints)."""
+    local, found = storage.mirror_prefix(uri, cache)
+    if storage.parse_uri(uri).scheme == "s3" and not found:
+        raise ConfigError(f"no model files under {uri}", code="model_not_found")
+    path = local
     if not (path / "config.json").exists():
         raise ConfigError(f"no AF3 checkpoint (config.json) at {uri}", code="model_not_found")
     return path

@@ -20,7 +20,7 @@ from earshot.training.models import TrainingMetric, TrainingRun, TrainingStage
 log = logging.getLogger(__name__)
 
 
-def upsert_run(*, url: str | None, name: str, output_uri: str, config: dict[str, Any]) -> str:
+def upsert_run(*, url: str, name: str, output_uri: str, config: dict[str, Any]) -> str:
     with session_scope(url) as s:
         run = s.scalar(select(TrainingRun).where(TrainingRun.output_uri == output_uri))
         if run is None:
@@ -36,7 +36,7 @@ def upsert_run(*, url: str | None, name: str, output_uri: str, config: dict[str,
 
 def start_stage(
     *,
-    url: str | None,
+    url: str,
     run_id: str,
     stage: str,
     position: int,
@@ -74,7 +74,7 @@ def start_stage(
         return row.id
 
 
-def update_stage(*, url: str | None, stage_id: str, fields: dict[str, Any]) -> None:
+def update_stage(*, url: str, stage_id: str, fields: dict[str, Any]) -> None:
     with session_scope(url) as s:
         row = s.get(TrainingStage, stage_id)
         if row is None:
@@ -83,7 +83,7 @@ def update_stage(*, url: str | None, stage_id: str, fields: dict[str, Any]) -> N
             setattr(row, key, value)
 
 
-def add_metric(*, url: str | None, stage_id: str, point: dict[str, Any]) -> None:
+def add_metric(*, url: str, stage_id: str, point: dict[str, Any]) -> None:
     with session_scope(url) as s:
         s.execute(
             delete(TrainingMetric).where(
@@ -93,7 +93,7 @@ def add_metric(*, url: str | None, stage_id: str, point: dict[str, Any]) -> None
         s.add(TrainingMetric(stage_id=stage_id, **point))
 
 
-def finish_stage(*, url: str | None, stage_id: str, status: str, fields: dict[str, Any], last: bool) -> None:
+def finish_stage(*, url: str, stage_id: str, status: str, fields: dict[str, Any], last: bool) -> None:
     with session_scope(url) as s:
         row = s.get(TrainingStage, stage_id)
         if row is None:
@@ -119,7 +119,7 @@ class StageView:
     stages: list[TrainingStage]
 
 
-def list_runs(*, url: str | None, limit: int = 20, output_uri: str | None = None) -> list[StageView]:
+def list_runs(*, url: str, limit: int = 20, output_uri: str | None = None) -> list[StageView]:
     with session_scope(url) as s:
         q = select(TrainingRun).order_by(TrainingRun.created_at.desc()).limit(limit)
         if output_uri is not None:
@@ -138,7 +138,7 @@ def list_runs(*, url: str | None, limit: int = 20, output_uri: str | None = None
         return views
 
 
-def loss_curve(*, url: str | None, stage_id: str) -> list[tuple[int, float]]:
+def loss_curve(*, url: str, stage_id: str) -> list[tuple[int, float]]:
     with session_scope(url) as s:
         rows = s.execute(
             select(TrainingMetric.step, TrainingMetric.loss)
@@ -153,8 +153,9 @@ class Recorder:
     stops trying for the rest of the stage."""
 
     def __init__(self, url: str | None, *, enabled: bool) -> None:
-        self.url = url
-        self.enabled = enabled
+        """``url`` None: nothing is recorded."""
+        self.url = url or ""
+        self.enabled = enabled and url is not None
         self.run_id: str | None = None
         self.stage_id: str | None = None
 

@@ -52,6 +52,7 @@ def storage_state(output: str) -> dict[str, Any] | None:
 
 
 def collect_status(*, database_url: str | None, output: str | None, limit: int = 10) -> dict[str, Any]:
+    """Runs from the database at ``database_url`` (None: none) and the markers under ``output``."""
     from earshot.training.records import list_runs
 
     report: dict[str, Any] = {"runs": [], "storage": [], "database_error": None}
@@ -68,11 +69,12 @@ def collect_status(*, database_url: str | None, output: str | None, limit: int =
                 state = storage_state(storage.join_uri(uri, name))
                 if state is not None:
                     report["storage"].append(state)
+    views = []
     try:
-        views = list_runs(url=database_url, limit=limit, output_uri=run_key)
+        if database_url is not None:
+            views = list_runs(url=database_url, limit=limit, output_uri=run_key)
     except SQLAlchemyError as exc:
         report["database_error"] = str(exc).splitlines()[0]
-        views = []
     for view in views:
         report["runs"].append(
             {

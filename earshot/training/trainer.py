@@ -224,11 +224,11 @@ class _Throughput:
         )
 
 
-def _load_model(st: StageConfig, model_uri: str, info: DistInfo) -> _Model:
+def _load_model(st: StageConfig, model_uri: str, info: DistInfo, *, cache_root: Path) -> _Model:
     """Load the start model, freeze what the stage does not train, wrap it, build the optimizer."""
     precision = resolve_precision(st.precision, info.device)
     strategy = resolve_strategy(st.strategy, info, list(st.trainable))
-    model_path = ckpt.model_dir(model_uri)
+    model_path = ckpt.model_dir(model_uri, cache=cache_root / "models")
 
     from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
@@ -662,7 +662,10 @@ def run_stage(
     database_url: str | None = None,
     on_step: StepHook | None = None,
 ) -> StageResult:
-    """Train one stage: find where it starts, load model and data, resume, step, export."""
+    """Train one stage: find where it starts, load model and data, resume, step, export.
+
+    Run, stage and loss rows go to the database at ``database_url``; None records nothing.
+    """
     st = cur.stage(stage_name)
     info = init_distributed(cur.device)
     out = stage_output(cur, st, output)
@@ -674,7 +677,7 @@ def run_stage(
     if not start.model_uri:
         raise ConfigError(f"[{st.name}] cannot tell which model to start from", code="bad_config")
 
-    m = _load_model(st, start.model_uri, info)
+    m = _load_model(st, start.model_uri, info, cache_root=Path(cur.cache_dir))
     per_dataset, skips, n_records = _load_data(st, cur, info)
     items = [p for ds in per_dataset for p in ds]
     _wrap(m, st, info, text_only=any(not p.record.sounds for p in items))

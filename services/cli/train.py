@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from earshot.config import get_settings
 from earshot.errors import EarshotError
 
 app = typer.Typer(help="Curriculum fine-tuning of AF3 (stage1 .. stage4).", no_args_is_help=True)
@@ -26,7 +27,6 @@ def _ensure_logging() -> None:
     # The `earshot` app configures logging in its callback; `python -m` needs it here.
     root = logging.getLogger()
     if not root.handlers:
-        from earshot.config import get_settings
         from earshot.logs import setup_logging
 
         settings = get_settings()
@@ -101,6 +101,7 @@ def run(
 ) -> None:
     """Train one stage (as each Kubernetes Job does) or the whole curriculum."""
     _ensure_logging()
+    database_url = database_url or get_settings().database_url
     from earshot.training.config import load_curriculum
     from earshot.training.dist import destroy, init_distributed
     from earshot.training.trainer import run_curriculum, run_stage
@@ -145,6 +146,7 @@ def status(
     """Runs and their stages from the database (and the markers under --output)."""
     from earshot.training.status import collect_status
 
+    database_url = database_url or get_settings().database_url
     try:
         report = collect_status(database_url=database_url, output=output, limit=limit)
     except EarshotError as exc:

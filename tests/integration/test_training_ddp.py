@@ -48,7 +48,7 @@ def test_torchrun_two_ranks_ddp_then_fsdp(tiny_model_dir: Path, tmp_path: Path) 
     proc = subprocess.run(
         [
             torchrun, "--nnodes=1", "--nproc-per-node=2", f"--master-port={_port()}",
-            "--master-addr=127.0.0.1", "-m", "earshot.training", "run", "--config", str(config), "--database-url", db, "--device", "cpu",
+            "--master-addr=127.0.0.1", "-m", "workers.training", "run", "--config", str(config), "--database-url", db, "--device", "cpu",
         ],
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from earshot import storage
-from earshot.config import reset_settings
 from earshot.training import checkpoint as ckpt
 from earshot.training.config import load_curriculum
 from earshot.training.demo import make_dataset
@@ -21,11 +19,7 @@ def _upload(local: Path, uri: str) -> None:
             storage.put_file(storage.join_uri(uri, path.relative_to(local).as_posix()), path)
 
 
-def test_stage_reads_and_writes_s3(
-    s3_bucket: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("EARSHOT_MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
-    reset_settings()
+def test_stage_reads_and_writes_s3(s3_bucket: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     root = f"s3://{s3_bucket}"
     data = make_dataset(tmp_path / "data", n=2, seconds=1.0, long_seconds=31.0)
     _upload(data.root, f"{root}/data")
@@ -66,5 +60,5 @@ def test_stage_reads_and_writes_s3(
     assert start.model_uri == f"{out}/model" and start.checkpoint_uri is None
     from earshot.af3.runtime import AF3Runtime
 
-    runtime = AF3Runtime.load(ckpt.model_dir(start.model_uri), device="cpu")
+    runtime = AF3Runtime.load(ckpt.model_dir(start.model_uri, cache=tmp_path / "models"), device="cpu")
     assert runtime.think_loaded  # the base's think/ adapter was carried over
