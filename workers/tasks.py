@@ -14,6 +14,8 @@ with requeue instead of acking it, so the job is never left non-terminal and for
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -186,13 +188,32 @@ def analyze_segment(self: Task, job_id: str, index: int, failing_since: float | 
         _publish(lambda: finalize_job.delay(job_id))
 
 
+def _fault(point: str) -> None:
+    """Test-only: if the file named by ``EARSHOT_TASK_FAULT_FILE`` exists and holds ``point``,
+    remove it and SIGKILL this worker's whole process group, as a node failure would."""
+    path = os.environ.get("EARSHOT_TASK_FAULT_FILE")
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            wanted = f.read().strip()
+        if wanted != point:
+            return
+        os.unlink(path)
+    except OSError:
+        return
+    log.error("EARSHOT_TASK_FAULT_FILE: killing this worker at %s", point)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
 @app.task(bind=True, name="earshot.finalize_job", max_retries=None)
 def finalize_job(self: Task, job_id: str, failing_since: float | None = None) -> None:
     settings = get_settings()
-    _guarded(
+    if _guarded(
         self, job_id, lambda: pipeline.finalize_job(job_id, get_engine(settings), settings),
         failing_since=failing_since,
-    )
+    ):
+        _fault("after-succeeded")
     # succeeded now, or earlier by a worker lost before settling: settle from the database
     _settle(job_id, settings)
 

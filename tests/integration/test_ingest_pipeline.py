@@ -94,6 +94,9 @@ def workers(
         "EARSHOT_CALLBACK_URL": receiver.url,
         "EARSHOT_CALLBACK_SECRET": SECRET,
         "EARSHOT_CALLBACK_BACKOFF_S": "0.3",
+        # the receiver is http on 127.0.0.1: allowed for this test only
+        "EARSHOT_CALLBACK_ALLOW_HTTP": "true",
+        "EARSHOT_CALLBACK_ALLOW_PRIVATE": "true",
     }
     pool = Workers(env=subprocess_env(**env), logs=logs)
     pool.start()
@@ -124,7 +127,17 @@ def wait_jobs_done(bucket: str, n: int, workers: Workers, timeout: float = 150) 
 
 
 def result_keys(bucket: str) -> list[str]:
-    return sorted(storage.parse_uri(i.uri).key for i in storage.list_objects(f"s3://{bucket}/earshot-output/"))
+    """The "latest" result files (each version's own files live under <key>.versions/)."""
+    return sorted(
+        key
+        for key in (storage.parse_uri(i.uri).key for i in storage.list_objects(f"s3://{bucket}/earshot-output/"))
+        if ".versions/" not in key
+    )
+
+
+def version_keys(bucket: str, key: str) -> list[str]:
+    prefix = f"s3://{bucket}/earshot-output/{key}.versions/"
+    return sorted(storage.parse_uri(i.uri).key[len(prefix) - len(f"s3://{bucket}/") :] for i in storage.list_objects(prefix))
 
 
 def test_uploads_become_jobs_results_and_callbacks(
@@ -146,6 +159,11 @@ def test_uploads_become_jobs_results_and_callbacks(
     assert result_keys(s3_bucket) == sorted(f"earshot-output/{k}{ext}" for k in keys for ext in RESULT_EXTENSIONS)
     report = json.loads(storage.read_bytes(f"s3://{s3_bucket}/earshot-output/talks/two 2.wav.json"))
     assert report["status"] == "succeeded" and report["source"] == f"s3://{s3_bucket}/talks/two 2.wav"
+    # each version also has its own files, which the job records as its outputs
+    etag = client.head_object(Bucket=s3_bucket, Key="one.wav")["ETag"].strip('"')
+    assert version_keys(s3_bucket, "one.wav") == sorted(f"{etag}{ext}" for ext in RESULT_EXTENSIONS)
+    one = next(j for j in jobs if j.source_uri.endswith("/one.wav"))
+    assert one.options["outputs"]["json"] == f"s3://{s3_bucket}/earshot-output/one.wav.versions/{etag}.json"
 
     # one signed callback per job; the first POST failed and was retried
     ids = {j.id for j in jobs}
@@ -174,7 +192,7 @@ def test_dropped_notification_is_found_by_the_reconciler(
     assert result_keys(s3_bucket) == [f"earshot-output/lost.wav{ext}" for ext in sorted(RESULT_EXTENSIONS)]
     # the outputs are not uploads: a second scan finds nothing to do
     again = scan(f"s3://{s3_bucket}/", settings=ingest_env, enqueue=enqueue)
-    assert again.enqueued == [] and again.known == 1 and again.skipped == {"excluded_prefix": 5}
+    assert again.enqueued == [] and again.known == 1 and again.skipped == {"excluded_prefix": 10}
     assert count_jobs(s3_bucket) == 1
 
 
@@ -215,7 +233,8 @@ def test_worker_killed_mid_job_still_finishes_once(
             select(m.Utterance.segment_index, func.count()).where(m.Utterance.job_id == job_id)
             .group_by(m.Utterance.segment_index)
         ).all()
-        assert sorted(i for i, _ in utter) == list(range(n))
+        # (a tone holds no speech: the speech detector may leave segments without utterances)
+        assert {i for i, _ in utter} <= set(range(n))
         total = s.scalar(select(func.count()).select_from(m.Utterance).where(m.Utterance.job_id == job_id))
         distinct = s.scalar(
             select(func.count()).select_from(
