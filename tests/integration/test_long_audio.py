@@ -25,7 +25,7 @@ from earshot.config import Settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.engines import get_engine
-from earshot.engines.base import Engine
+from earshot.engines.base import Ask, Engine, Generation
 from earshot.pipeline import finalize_job
 from earshot.reduce import call_bound
 from earshot.speech import Speech
@@ -56,21 +56,24 @@ class ScriptedEvents:
     def has_think_adapter(self) -> bool:
         return self.inner.has_think_adapter
 
-    def generate(self, prompt_list: Sequence[str], *, audio: np.ndarray | None = None, **kw: Any) -> list[str]:
-        rest = [p for p in prompt_list if p != prompts.EVENTS]
-        answers = iter(self.inner.generate(rest, audio=audio, **kw) if rest else [])
-        return [self._events(audio) if p == prompts.EVENTS else next(answers) for p in prompt_list]
+    def generate(self, asks: Sequence[Ask], *, audios: Sequence[np.ndarray] = (), **kw: Any) -> list[Generation]:
+        rest = [a for a in asks if a.prompt != prompts.EVENTS]
+        answers = iter(self.inner.generate(rest, audios=audios, **kw) if rest else [])
+        return [
+            self._events(audios[a.audio] if a.audio is not None else None) if a.prompt == prompts.EVENTS else next(answers)
+            for a in asks
+        ]
 
-    def _events(self, audio: np.ndarray | None) -> str:
+    def _events(self, audio: np.ndarray | None) -> Generation:
         assert audio is not None
         self.segments += 1
         dur = audio.shape[0] / 16000
         lines = [f"[0.0 - {dur:.2f}] Rain", f"[{dur - 1:.1f} - {dur + 60:.1f}] too long", "[5 - 2] reversed"]
         if self.segments == 1:
             lines.insert(1, "[3.0 - 6.0] siren")
-        return "\n".join(lines)
+        return Generation("\n".join(lines), "eos", 0, len(lines) * 8)
 
-    def chat(self, turns: Sequence[Turn], clips: Sequence[np.ndarray], **kw: Any) -> str:
+    def chat(self, turns: Sequence[Turn], clips: Sequence[np.ndarray], **kw: Any) -> Generation:
         return self.inner.chat(turns, clips, **kw)
 
     def chat_stream(self, turns: Sequence[Turn], clips: Sequence[np.ndarray], **kw: Any) -> Iterator[str]:
@@ -87,7 +90,7 @@ def test_several_segments_to_summary_chapters_and_speech(
 
     settings = apply_env(monkeypatch, max_segment_s="10", chapter_target_s="20", reduce_budget_chars="3000")
     engine = ScriptedEvents(get_engine(settings))
-    monkeypatch.setattr("workers.tasks.get_engine", lambda: engine)
+    monkeypatch.setattr("workers.tasks.get_engine", lambda *a, **k: engine)
     quiet = [(t, t + 0.6) for t in (9.0, 18.5, 28.0)]
     src = synth.encode_file(synth.tone_with_silences(SECONDS, quiet), tmp_path / "lecture.flac")
 

@@ -102,7 +102,13 @@ def test_long_file_is_split_and_mapped_to_absolute_time(
     with session_scope() as s:
         rows = s.scalars(select(m.Utterance).where(m.Utterance.job_id == rep["job_id"])).all()
         spans = {seg["index"]: (seg["start"], seg["end"]) for seg in segs}
-        assert {r.segment_index for r in rows} == {0, 1, 2}
+        # every segment holds speech, so every segment asked for a transcript (the tiny model's
+        # noise may be empty for a chunk, which then gives no utterance rather than an empty cue)
+        job = s.get(m.Job, rep["job_id"])
+        assert job is not None
+        usage = job.options["segments_usage"]
+        assert sorted(usage) == ["0", "1", "2"] and all(u["prompts"] >= 1 for u in usage.values())
+        assert len({r.segment_index for r in rows}) >= 2
         for r in rows:
             lo, hi = spans[r.segment_index]
             assert lo - 1e-6 <= r.start_s <= r.end_s <= hi + 1e-6
