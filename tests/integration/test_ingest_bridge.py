@@ -256,51 +256,47 @@ def queue_exists(broker: str, queue: str) -> bool:
     return True
 
 
-def test_webhook_minio_and_sns(ingest_env: Settings, moto_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signed_webhook_posts_become_jobs_and_nothing_else_does(
+    ingest_env: Settings, moto_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import socket
 
     import httpx
 
+    from earshot.ingest.webhook import signed_headers
     from tests.fixtures.earshot import apply_env
 
-    settings = apply_env(
-        monkeypatch, ingest_webhook_secret="hook-secret-0123456789", ingest_buckets=json.dumps([s3_bucket])
-    )
+    secret = "hook-secret-0123456789"
+    settings = apply_env(monkeypatch, ingest_webhook_secret=secret, ingest_buckets=json.dumps([s3_bucket]))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = s3(moto_server)
     etag = client.put_object(Bucket=s3_bucket, Key="w1.wav", Body=make_wav(0.5, 31))["ETag"].strip('"')
-    event = {"EventName": "s3:ObjectCreated:Put", "Key": f"{s3_bucket}/w1.wav", "Records": [{
-        "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put", "eventTime": "2026-11-26T10:00:00Z",
-        "s3": {"bucket": {"name": s3_bucket}, "object": {"key": "w1.wav", "size": 16044, "eTag": etag}},
-    }]}
-    url = f"http://127.0.0.1:{port}/minio/events"
+
+    def event(bucket: str) -> bytes:
+        return json.dumps({"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/w1.wav", "Records": [{
+            "eventSource": "minio:s3", "eventName": "s3:ObjectCreated:Put", "eventTime": "2026-11-26T10:00:00Z",
+            "s3": {"bucket": {"name": bucket}, "object": {"key": "w1.wav", "size": 16044, "eTag": etag}},
+        }]}).encode()
+
+    ours, theirs = event(s3_bucket), event("someone-elses-bucket")
+    url = f"http://127.0.0.1:{port}/events"
     with bridge_thread(f"webhook://127.0.0.1:{port}", settings):
         wait_until(lambda: _up(f"http://127.0.0.1:{port}/healthz"), 20, 0.1, "the webhook")
-        assert httpx.post(url, json=event).status_code == 401
-        r = httpx.post(url, json=event, headers={"Authorization": "Bearer hook-secret-0123456789"})
-        assert r.status_code == 200 and r.json()["jobs"][0]["created"] is True
-        r = httpx.post(url, json=event, headers={"Authorization": "Bearer hook-secret-0123456789"})
-        assert r.json()["jobs"][0]["created"] is False  # a retried webhook is a no-op
-        r = httpx.post(url, content=b"garbage", headers={"Authorization": "Bearer hook-secret-0123456789"})
-        assert r.status_code == 200 and r.json()["dead_letters"][0]["reason"] == "not_json"
-
-        # S3 -> SNS -> HTTP subscription (secret in the URL: SNS cannot set headers)
-        sns = boto3.client("sns", endpoint_url=moto_server, region_name="us-east-1")
-        topic = sns.create_topic(Name=f"uploads-{uuid.uuid4().hex[:6]}")["TopicArn"]
-        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"http://127.0.0.1:{port}/sns?token=hook-secret-0123456789")
-        client.put_bucket_notification_configuration(
-            Bucket=s3_bucket,
-            NotificationConfiguration={"TopicConfigurations": [{"TopicArn": topic, "Events": ["s3:ObjectCreated:*"]}]},
-        )
-        client.put_object(Bucket=s3_bucket, Key="w2.wav", Body=make_wav(0.5, 32))
-        client.put_object(Bucket=s3_bucket, Key="earshot-output/w1.wav.wav", Body=make_wav(0.2, 33))
-        wait_until(lambda: count_jobs(s3_bucket) == 2, 30, 0.2, "the SNS-delivered job")
-    assert sorted(j.source_uri for j in jobs_for_bucket(s3_bucket)) == [
-        f"s3://{s3_bucket}/w1.wav", f"s3://{s3_bucket}/w2.wav",
-    ]
-    assert queue_depth(ingest_env.broker_url or "", "cpu") == 2
+        assert httpx.post(url, content=ours).status_code == 401
+        assert httpx.post(url, content=ours, headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+        for _ in range(2):  # a retried webhook is a no-op
+            r = httpx.post(url, content=ours, headers=signed_headers(ours, secret))
+            assert (r.status_code, r.json()) == (202, {"status": "accepted"})
+        # another bucket's forged (but signed) event: accepted alike, and no job
+        r = httpx.post(url, content=theirs, headers=signed_headers(theirs, secret))
+        assert (r.status_code, r.json()) == (202, {"status": "accepted"})
+        garbage = b"garbage"
+        assert httpx.post(url, content=garbage, headers=signed_headers(garbage, secret)).status_code == 202
+    assert [j.source_uri for j in jobs_for_bucket(s3_bucket)] == [f"s3://{s3_bucket}/w1.wav"]
+    assert count_jobs("someone-elses-bucket") == 0
+    assert queue_depth(ingest_env.broker_url or "", "cpu") == 1
 
 
 def _up(url: str) -> bool:
