@@ -30,9 +30,8 @@ def run(
         ),
     ],
     threads: Annotated[int, typer.Option(help="Messages handled in parallel")] = 4,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics here (SQS/AMQP; the webhook serves /metrics)")
-    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port")] = "127.0.0.1",
 ) -> None:
     """Consume S3 ObjectCreated notifications and turn them into enqueued jobs."""
     from services.ingest.runner import run_bridge
@@ -44,7 +43,7 @@ def run(
             "[yellow]EARSHOT_BROKER_URL is not set: jobs run inside the bridge process (eager mode)"
         )
     try:
-        run_bridge(source, settings, threads=threads, metrics_port=metrics_port)
+        run_bridge(source, settings, threads=threads, metrics_port=metrics_port, metrics_host=metrics_host)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--source") from exc
 

@@ -94,6 +94,7 @@ def run_bridge(
     threads: int = 4,
     stop: threading.Event | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     on_batch: Callable[[list[Outcome]], None] | None = None,
     poll_s: float = 10.0,
 ) -> None:
@@ -103,13 +104,14 @@ def run_bridge(
     bridge = Bridge(
         settings, enqueue=enqueue or celery_enqueue(settings), probe_broker=broker_probe(settings)
     )
-    if source_url.startswith("webhook://"):
-        _serve_webhook(source_url, bridge, settings, stop)
-        return
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port)
+        # its own listener, local unless told: the webhook port may face the internet
+        start_http_server(metrics_port, addr=metrics_host)
+    if source_url.startswith("webhook://"):
+        _serve_webhook(source_url, bridge, settings, stop)
+        return
     source = open_source(source_url, settings)
     log.info("ingest bridge reading %s", source.name)
     fault = os.environ.get("EARSHOT_INGEST_FAULT", "")
