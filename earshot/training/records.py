@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from earshot.db.base import utcnow
 from earshot.db.session import session_scope
@@ -74,13 +75,17 @@ def start_stage(
         return row.id
 
 
-def update_stage(*, url: str, stage_id: str, fields: dict[str, Any]) -> None:
-    with session_scope(url) as s:
-        row = s.get(TrainingStage, stage_id)
-        if row is None:
-            return
+def _set_fields(session: Session, stage_id: str, fields: dict[str, Any]) -> TrainingStage | None:
+    row = session.get(TrainingStage, stage_id)
+    if row is not None:
         for key, value in fields.items():
             setattr(row, key, value)
+    return row
+
+
+def update_stage(*, url: str, stage_id: str, fields: dict[str, Any]) -> None:
+    with session_scope(url) as s:
+        _set_fields(s, stage_id, fields)
 
 
 def add_metric(*, url: str, stage_id: str, point: dict[str, Any]) -> None:
@@ -95,11 +100,9 @@ def add_metric(*, url: str, stage_id: str, point: dict[str, Any]) -> None:
 
 def finish_stage(*, url: str, stage_id: str, status: str, fields: dict[str, Any], last: bool) -> None:
     with session_scope(url) as s:
-        row = s.get(TrainingStage, stage_id)
+        row = _set_fields(s, stage_id, fields)
         if row is None:
             return
-        for key, value in fields.items():
-            setattr(row, key, value)
         row.status = status
         row.finished_at = utcnow()
         run = s.get(TrainingRun, row.run_id)

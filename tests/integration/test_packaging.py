@@ -128,5 +128,5 @@ def test_production_extras_import_every_deployable_module_in_a_clean_venv(tmp_pa
 
     helped = subprocess.run([str(venv / "bin" / "earshot"), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert helped.returncode == 0, helped.stderr[-4000:]
-    for command in ("run", "jobs", "db", "train", "triton", "ingest", "keys", "api", "export", "ask"):
+    for command in ("run", "jobs", "db", "train", "triton", "ingest", "keys", "tenants", "api", "export", "ask"):
         assert re.search(rf"(?m)^│ {command}\b", helped.stdout), f"`earshot {command}` is not mounted"
