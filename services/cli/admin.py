@@ -64,7 +64,10 @@ def worker(
     pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
     hostname: Annotated[
         str | None,
-        typer.Option(help="Celery node name (name@host); default unique per process. The chart uses the pod name."),
+        typer.Option(
+            envvar="EARSHOT_WORKER_HOSTNAME",
+            help="Celery node name (name@host); default unique per process. The chart sets the pod name.",
+        ),
     ] = None,
     loglevel: str = "INFO",
 ) -> None:
