@@ -66,6 +66,7 @@ class World:
     key_id: str
     tokens: dict[str, str]
     source_a: str  # an object tenant A may submit (tenant B may not)
+    source_b: str  # and one of B's
 
 
 @pytest.fixture
@@ -76,12 +77,13 @@ def world(s3_bucket: str, moto_server: str, api_env: Any) -> World:
 
     tag = uuid.uuid4().hex[:8]
     a, b = f"a-{tag}", f"b-{tag}"
-    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").put_object(
-        Bucket=s3_bucket, Key="a/call.wav", Body=make_wav(0.5, 7))
-    source_a = f"s3://{s3_bucket}/a/call.wav"
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.put_object(Bucket=s3_bucket, Key="a/call.wav", Body=make_wav(0.5, 7))
+    s3.put_object(Bucket=s3_bucket, Key="b/call.wav", Body=make_wav(0.5, 8))
+    source_a, source_b = f"s3://{s3_bucket}/a/call.wav", f"s3://{s3_bucket}/b/call.wav"
     with session_scope(api_env.database_url) as s:
         create_tenant(s, tenant_id=a, allowed_sources=[f"s3://{s3_bucket}/a/"])
-        create_tenant(s, tenant_id=b)
+        create_tenant(s, tenant_id=b, allowed_sources=[f"s3://{s3_bucket}/b/"])
         audio = m.AudioFile(uri=source_a, bucket=s3_bucket, key="a/call.wav", version=tag, duration_s=0.1)
         s.add(audio)
         s.flush()
@@ -108,7 +110,7 @@ def world(s3_bucket: str, moto_server: str, api_env: Any) -> World:
             if name == "a_all":
                 key_id = key.id
         ids = (job.id, conv.id)
-    return World(a, b, ids[0], ids[1], key_id, tokens, source_a)
+    return World(a, b, ids[0], ids[1], key_id, tokens, source_a, source_b)
 
 
 def _path(template: str, w: World) -> str:
@@ -225,7 +227,11 @@ def test_idempotency_keys_are_per_tenant_and_bound_to_the_body(world: World, cli
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
     other_body = client.post("/v1/jobs", json={"uri": uri, "tasks": ["caption"]}, headers=a)
     assert other_body.status_code == 409, other_body.text
-    # the same key string from another tenant never returns A's job
+    # the same key string from another tenant is another job, never A's
     b = {"Authorization": f"Bearer {world.tokens['b_submit']}", "Idempotency-Key": "order-42"}
-    theirs = client.post("/v1/jobs", json={"uri": uri, "tasks": ["transcribe"]}, headers=b)
-    assert first.json()["id"] not in theirs.text
+    theirs = client.post("/v1/jobs", json={"uri": world.source_b, "tasks": ["transcribe"]}, headers=b)
+    assert theirs.status_code == 201, theirs.text
+    assert theirs.json()["id"] != first.json()["id"] and first.json()["id"] not in theirs.text
+    # and the same body as A's (A's source) is refused, not answered with A's job
+    same = client.post("/v1/jobs", json={"uri": uri, "tasks": ["transcribe"]}, headers=b)
+    assert same.status_code >= 400 and first.json()["id"] not in same.text
