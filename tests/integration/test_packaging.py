@@ -118,9 +118,9 @@ def test_production_extras_import_every_deployable_module_in_a_clean_venv(tmp_pa
     for top, paths in report["files"].items():
         assert all(str(venv) in p for p in paths), f"{top} was imported from {paths}, not from the venv"
     expected = {
-        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
         for top in ("earshot", "services", "workers")
-        for p in (ROOT / top).rglob("*.py")
+        for p in (src / top).rglob("*.py")
         if p.stem != "__main__" and "__pycache__" not in p.parts
     } - {"earshot", "services", "workers"}
     missing = expected - set(report["imported"])
