@@ -119,7 +119,8 @@ class Settings(BaseSettings):
             ".mp4", ".mkv", ".mov", ".wma", ".aif", ".aiff", ".amr", ".3gp",
         ]
     )  # empty: every suffix
-    ingest_min_bytes: int = 1
+    # 0: an empty upload becomes a job that fails with empty_file (a visible outcome)
+    ingest_min_bytes: int = 0
     ingest_max_bytes: int | None = None  # None: max_file_bytes
     ingest_verify_objects: bool = True  # HEAD each object: existence, current etag, version
     ingest_max_receives: int = 5  # a message failing this often for unknown reasons is dead-lettered

@@ -6,7 +6,9 @@
 - ``bridge``: one message -> jobs and dead letters, and whether to ack;
 - ``sources`` (SQS, AMQP) and ``webhook`` (HTTP, SNS): where messages come from;
 - ``reconcile``: list a bucket, enqueue what has no job;
-- ``deadletters``, ``callbacks``, ``models``.
+- ``deadletters``, ``models``.
+
+Completion callbacks live in :mod:`earshot.callbacks` (API and CLI jobs use them too).
 
 The deployable process is ``services/ingest`` (``earshot ingest run|scan``).
 """

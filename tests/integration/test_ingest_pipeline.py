@@ -196,6 +196,30 @@ def test_dropped_notification_is_found_by_the_reconciler(
     assert count_jobs(s3_bucket) == 1
 
 
+def test_empty_upload_fails_visibly_and_a_truncated_one_succeeds_with_a_note(
+    ingest_env: Settings, workers: Workers, moto_server: str, s3_bucket: str,
+) -> None:
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    client.put_object(Bucket=s3_bucket, Key="empty.wav", Body=b"")
+    full = make_wav(8.0, 81)
+    client.put_object(Bucket=s3_bucket, Key="cut.wav", Body=full[: 44 + 2 * 16000 * 2])  # header: 8 s; data: 2 s
+    report = scan(f"s3://{s3_bucket}/", settings=ingest_env, enqueue=celery_enqueue(ingest_env))
+    assert len(report.enqueued) == 2
+
+    def finished() -> list[m.Job]:
+        found = jobs_for_bucket(s3_bucket)
+        return found if len(found) == 2 and all(j.status in m.TERMINAL_STATUSES for j in found) else []
+
+    done = wait_until(finished, 120, 0.3, "both jobs to finish")
+    by_key = {j.source_uri.rsplit("/", 1)[1]: j for j in done}
+    empty, cut = by_key["empty.wav"], by_key["cut.wav"]
+    assert empty.status == "failed" and empty.error_code == "empty_file" and not empty.retryable
+    assert cut.status == "succeeded"
+    report_json = json.loads(storage.read_bytes(cut.options["outputs"]["json"]))
+    [note] = [n for n in report_json["notes"] if "header says" in n]
+    assert cut.id in note and f"s3://{s3_bucket}/cut.wav" in note and "8.0 s" in note
+
+
 def test_worker_killed_mid_job_still_finishes_once(
     ingest_env: Settings, workers: Workers, moto_server: str, s3_bucket: str,
 ) -> None:

@@ -123,7 +123,8 @@ def test_suffix_prefix_size_and_unsafe_keys() -> None:
     assert f.check("calls", "other/a.wav", 10) == Skip("prefix_not_included")
     assert f.check("calls", "in/a.json", 10) == Skip("suffix_not_included")
     assert f.check("calls", "in/", 0) == Skip("folder_marker")
-    assert f.check("calls", "in/a.wav", 0) == Skip("too_small", "0 bytes")
+    assert f.check("calls", "in/a.wav", 0) is None  # an empty upload becomes a failed job (empty_file)
+    assert filters(ingest_min_bytes=1).check("calls", "in/a.wav", 0) == Skip("too_small", "0 bytes")
     assert isinstance(f.check("calls", "in/a.wav", 101), Reject)
     assert f.check("calls", "in/a.wav", None) is None
     verdict = f.check("calls", "in/../a.wav", 10)
