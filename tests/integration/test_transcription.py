@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from earshot import exports, prompts
 from earshot.analysis import analyze_audio
 from earshot.audio.vad import speech_chunks
 from earshot.config import Settings
-from earshot.engines.base import Ask, Engine, Generation
+from earshot.engines.base import Ask, Generation
 from earshot.engines.local import LocalEngine
 from services.cli.main import app
 from tests.fixtures.speech import SENTENCES, speech_track, spoken
@@ -30,26 +29,17 @@ from tests.fixtures.speech import SENTENCES, speech_track, spoken
 EDGE_S = 0.3
 
 
-class Recording:
-    """The real engine, with every call it receives written down."""
+class Recording(LocalEngine):
+    """The real local engine, with every call it receives written down."""
 
-    def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self.name = inner.name
+    def __init__(self, inner: LocalEngine) -> None:
+        super().__init__(inner.runtime, inner.settings, model_id=inner.model_id)
         self.calls: list[tuple[list[Ask], list[np.ndarray]]] = []
         self.answers: list[Generation] = []
 
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def has_think_adapter(self) -> bool:
-        return self.inner.has_think_adapter
-
-    def generate(self, asks: Sequence[Ask], *, audios: Sequence[np.ndarray] = (), **kw: Any) -> list[Generation]:
+    def generate(self, asks: Sequence[Ask], *, audios: Sequence[np.ndarray] = (), temperature: float = 0.0) -> list[Generation]:
         self.calls.append((list(asks), list(audios)))
-        answers = self.inner.generate(asks, audios=audios, **kw)
+        answers = super().generate(asks, audios=audios, temperature=temperature)
         self.answers.extend(answers)
         return answers
 

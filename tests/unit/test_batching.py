@@ -4,6 +4,7 @@ exactly what each prompt gives alone (greedy); each row stops on its own."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,7 +68,12 @@ def test_the_engine_encodes_each_audio_once_and_answers_in_ask_order(tiny_model_
     audios = [(rng.standard_normal(16000 * s) * 0.1).astype(np.float32) for s in (3, 5)]
     encoded: list[int] = []
     original = engine.runtime.encode
-    engine.runtime.encode = lambda a, **k: encoded.append(a.shape[0]) or original(a, **k)  # type: ignore[method-assign]
+
+    def counting_encode(audio: np.ndarray, *, think: bool = False) -> Any:
+        encoded.append(audio.shape[0])
+        return original(audio, think=think)
+
+    engine.runtime.encode = counting_encode  # type: ignore[method-assign]
     asks = [Ask("Describe the audio.", audio=1, max_new_tokens=5), Ask("Transcribe the input speech.", audio=0),
             Ask("Hello there.", max_new_tokens=4), Ask("List every event.", audio=1, max_new_tokens=6)]
     together = engine.generate(asks, audios=audios)

@@ -184,6 +184,24 @@ def test_split_reasoning_shapes() -> None:
     assert prompts.split_reasoning("just an answer") == ("", "just an answer")
 
 
+def test_af_think_output_splits_into_the_short_thought_and_the_answer() -> None:
+    # AF-Think writes a short thought, then the answer: no tags, no markers
+    one_paragraph = (
+        "The sound rises and falls at 2.5 s intervals, typical of an emergency vehicle. "
+        "The answer is (B) a siren."
+    )
+    assert prompts.split_reasoning(one_paragraph) == (
+        "The sound rises and falls at 2.5 s intervals, typical of an emergency vehicle.",
+        "The answer is (B) a siren.",
+    )
+    paragraphs = "A dog barks twice, then a door closes.\nThe barking stops after it.\n\nA dog barks at a visitor."
+    assert prompts.split_reasoning(paragraphs) == (
+        "A dog barks twice, then a door closes.\nThe barking stops after it.",
+        "A dog barks at a visitor.",
+    )
+    assert prompts.split_reasoning("A siren.") == ("", "A siren.")
+
+
 def test_clean_title() -> None:
     assert prompts.clean_title('Title: "The Budget Meeting".\nmore') == "The Budget Meeting"
     assert prompts.clean_title("\n\n## Chapter 2: Opening remarks") == "Opening remarks"
