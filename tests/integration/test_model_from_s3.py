@@ -9,6 +9,7 @@ import pytest
 
 from earshot import storage
 from earshot.af3.loading import resolve_model_dir
+from earshot.engines.base import Ask
 from earshot.engines.local import LocalEngine
 from earshot.errors import ConfigError
 from tests.fixtures.earshot import apply_env
@@ -33,8 +34,8 @@ def test_checkpoint_on_s3_loads_and_answers(
 
     engine = LocalEngine.from_settings(settings)
     assert engine.has_think_adapter
-    (answer,) = engine.generate(["Describe the audio."], audio=np.zeros(16000, dtype=np.float32))
-    assert isinstance(answer, str)
+    (answer,) = engine.generate([Ask("Describe the audio.", audio=0)], audios=[np.zeros(16000, dtype=np.float32)])
+    assert isinstance(answer.text, str) and answer.stop in ("eos", "length")
 
     with pytest.raises(ConfigError) as err:
         resolve_model_dir(f"s3://{s3_bucket}/models/missing/", settings)

@@ -120,9 +120,11 @@ def test_export_loads_in_the_local_engine_and_runs(run: Run) -> None:
     runtime = AF3Runtime.load(export, device="cpu")
     assert runtime.think_loaded
     embeds = runtime.encode(tone_clip(1, 2.0))
-    plain = runtime.generate(single_turn("Describe the audio."), [embeds], max_new_tokens=6)
+    tok = runtime.tokenizer
+    plain = runtime.generate(single_turn(tok, "Describe the audio."), [embeds], max_new_tokens=6)
     think = runtime.generate(
-        single_turn("Describe the audio.", think=True), [embeds], max_new_tokens=6, think=True
+        single_turn(tok, "Describe the audio.", think=True), [runtime.encode(tone_clip(1, 2.0), think=True)],
+        max_new_tokens=6, think=True,
     )
     assert plain.new_tokens > 0 and think.new_tokens > 0
     assert plain.prompt_tokens == 50 + (think.prompt_tokens - 50) - _suffix_tokens(runtime)
@@ -132,8 +134,8 @@ def _suffix_tokens(runtime: object) -> int:
     from earshot.af3.chat import single_turn
 
     tok = runtime.tokenizer  # type: ignore[attr-defined]
-    a = len(tok(single_turn("Describe the audio."))["input_ids"])
-    b = len(tok(single_turn("Describe the audio.", think=True))["input_ids"])
+    a = len(tok(single_turn(tok, "Describe the audio."))["input_ids"])
+    b = len(tok(single_turn(tok, "Describe the audio.", think=True))["input_ids"])
     return b - a
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from earshot.af3.chat import THINK_SUFFIX, Turn, chatml
+from earshot.af3.chat import THINK_SUFFIX, Turn, render
 from earshot.af3.runtime import window_token_counts
 from earshot.training.data import (
     AudioCache,
@@ -66,7 +66,7 @@ def test_labels_cover_assistant_turns_only(processor, tiny_model_dir: Path) -> N
     ]
     ids, labels = encode_conversation(tok, turns, think=False, sound_id=sound)
     # The prompt before each answer is byte-for-byte what the engine sends at that point.
-    full = chatml([Turn(r, t) for r, t in turns])[: -len("<|im_start|>assistant\n")]
+    full = render(tok, [Turn(r, t) for r, t in turns])[: -len("<|im_start|>assistant\n")]
     assert tok.decode(ids) == full.rstrip("\n")
     learned = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab not in (IGNORE, sound)])
     assert learned == "A dog.<|im_end|>Yes.<|im_end|>"
