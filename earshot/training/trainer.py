@@ -326,7 +326,8 @@ def _resume(
             start.checkpoint_uri,
         )
     step = int(state["step"])
-    for key, reason, message in state.get("skipped_runtime", []):
+    runtime_skips = [(key, reason, message) for key, reason, message in state.get("skipped_runtime", [])]
+    for key, reason, message in runtime_skips:
         skips.add(key, reason, message)
     log.info("[%s] resuming at step %d/%d from %s", st.name, step, total, start.checkpoint_uri)
     return _Progress(
@@ -335,6 +336,8 @@ def _resume(
         samples=int(state.get("samples", 0)),
         first_loss=state.get("first_loss"),
         resumed_from=step,
+        # kept, so that the next checkpoint still carries them after a second interruption
+        runtime_skips=runtime_skips,
     )
 
 
