@@ -3,11 +3,12 @@
 Every package under earshot/ and services/ (a directory with ``__init__.py``) and every
 top-level module of earshot/ must be named in it, and every repository path it names in
 backticks must exist, so a new package without a row, or a row for a folder that was moved or
-never existed, fails here.
+never existed, fails here. So does an import of a deployable (services/, workers/) by the library.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -50,3 +51,18 @@ def test_every_path_the_architecture_map_names_exists() -> None:
     assert named, "no repository paths found in docs/architecture.md"
     absent = sorted(p for p in named if not (ROOT / p).exists())
     assert not absent, f"docs/architecture.md names paths that do not exist: {absent}"
+
+
+def test_the_library_never_imports_a_deployable() -> None:
+    offenders = []
+    for path in sorted((ROOT / "earshot").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            offenders += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+                for name in names
+                if name.split(".")[0] in ("services", "workers")
+            ]
+    assert not offenders, offenders
