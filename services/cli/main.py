@@ -12,7 +12,7 @@ import typer
 
 from earshot.config import get_settings
 from earshot.logs import setup_logging
-from services.cli import admin, api, ask, export, ingest, jobs, keys, tenants, train, triton
+from services.cli import admin, api, ask, evaluate, export, ingest, jobs, keys, tenants, train, triton
 
 app = typer.Typer(help="Earshot: batch audio understanding on Audio Flamingo 3.", no_args_is_help=True)
 
@@ -38,6 +38,7 @@ app.add_typer(ingest.app, name="ingest")
 app.add_typer(keys.app, name="keys")
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(train.app, name="train")
+app.add_typer(evaluate.app, name="eval")
 app.add_typer(triton.app, name="triton")
 
 if __name__ == "__main__":
