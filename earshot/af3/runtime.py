@@ -289,6 +289,31 @@ class AF3Runtime:
         feats, mask = self.features(audio)
         return self.encode_features(feats, mask, think=think)
 
+    def encode_many(
+        self, audios: Sequence[np.ndarray], *, think: bool = False, max_windows: int = 40
+    ) -> list[torch.Tensor]:
+        """:meth:`encode` for several clips, their 30 s windows batched through the encoder
+        (at most ``max_windows`` per forward, to bound activation memory)."""
+        import torch
+
+        prepared = [self.features(a) for a in audios]
+        out: list[torch.Tensor] = []
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def flush() -> None:
+            if group:
+                masks = torch.cat([m for _, m in group])
+                embeds = self.encode_features(torch.cat([f for f, _ in group]), masks, think=think)
+                out.extend(torch.split(embeds, [sum(window_token_counts(m)) for _, m in group]))
+                group.clear()
+
+        for item in prepared:
+            if group and sum(int(f.shape[0]) for f, _ in group) + int(item[0].shape[0]) > max_windows:
+                flush()
+            group.append(item)
+        flush()
+        return out
+
     # ---- stage 2: embeddings + prompt -> text -----------------------------------------------
 
     def prompt_ids(self, prompt: str, clips: Sequence[int]) -> list[int]:

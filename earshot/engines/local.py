@@ -55,22 +55,34 @@ class LocalEngine:
     ) -> list[Generation]:
         if not asks:
             return []
-        encoded: dict[tuple[int, bool], Any] = {}
+        for ask in asks:
+            if ask.audio is not None and not 0 <= ask.audio < len(audios):
+                raise InputError(
+                    f"an ask refers to audio {ask.audio} of {len(audios)}", code="prompt_audio_mismatch"
+                )
+        encoded = self._encode_needed(asks, audios)
         rows = []
         for ask in asks:
-            clips = []
-            if ask.audio is not None:
-                if not 0 <= ask.audio < len(audios):
-                    raise InputError(
-                        f"an ask refers to audio {ask.audio} of {len(audios)}", code="prompt_audio_mismatch"
-                    )
-                key = (ask.audio, self.runtime.audio_mode(ask.think))
-                if key not in encoded:
-                    encoded[key] = self._encode(audios[ask.audio], think=key[1])
-                clips = [encoded[key]]
+            clips = [] if ask.audio is None else [encoded[(ask.audio, self.runtime.audio_mode(ask.think))]]
             prompt = self.runtime.prompt([Turn("user", ask.prompt, audio=len(clips))], think=ask.think)
             rows.append(Row(prompt, clips, self._limit(ask.max_new_tokens), ask.think))
         return self.runtime.generate_batch(rows, temperature=temperature)
+
+    def _encode_needed(
+        self, asks: Sequence[Ask], audios: Sequence[np.ndarray]
+    ) -> dict[tuple[int, bool], Any]:
+        """Each audio an ask refers to, encoded once per mode; the clips of a call share
+        encoder forwards (the speech chunks of a segment are many short clips)."""
+        encoded: dict[tuple[int, bool], Any] = {}
+        for mode in (False, True):
+            wanted = sorted({a.audio for a in asks if a.audio is not None and self.runtime.audio_mode(a.think) == mode})
+            if len(wanted) == 1:
+                encoded[(wanted[0], mode)] = self._encode(audios[wanted[0]], think=mode)
+            elif wanted:
+                clips = [np.ascontiguousarray(audios[i], dtype=np.float32) for i in wanted]
+                for i, embeds in zip(wanted, self.runtime.encode_many(clips, think=mode), strict=True):
+                    encoded[(i, mode)] = embeds
+        return encoded
 
     def _limit(self, max_new_tokens: int | None) -> int:
         return max_new_tokens or self.settings.max_new_tokens

@@ -66,18 +66,18 @@ def test_the_engine_encodes_each_audio_once_and_answers_in_ask_order(tiny_model_
     engine = LocalEngine.from_settings(settings)
     rng = np.random.default_rng(1)
     audios = [(rng.standard_normal(16000 * s) * 0.1).astype(np.float32) for s in (3, 5)]
-    encoded: list[int] = []
-    original = engine.runtime.encode
+    windows: list[int] = []
+    original = engine.runtime.encode_features
 
-    def counting_encode(audio: np.ndarray, *, think: bool = False) -> Any:
-        encoded.append(audio.shape[0])
-        return original(audio, think=think)
+    def counting(feats: Any, mask: Any, *, think: bool = False) -> Any:
+        windows.append(int(feats.shape[0]))
+        return original(feats, mask, think=think)
 
-    engine.runtime.encode = counting_encode  # type: ignore[method-assign]
+    engine.runtime.encode_features = counting  # type: ignore[method-assign]
     asks = [Ask("Describe the audio.", audio=1, max_new_tokens=5), Ask("Transcribe the input speech.", audio=0),
             Ask("Hello there.", max_new_tokens=4), Ask("List every event.", audio=1, max_new_tokens=6)]
     together = engine.generate(asks, audios=audios)
-    assert sorted(encoded) == sorted(a.shape[0] for a in audios)  # one encoder pass per clip
+    assert windows == [2]  # both clips' 30 s windows in one encoder forward, each clip once
     for ask, gen in zip(asks, together, strict=True):
         alone = engine.generate([Ask(ask.prompt, audio=0 if ask.audio is not None else None,
                                      max_new_tokens=ask.max_new_tokens)],
