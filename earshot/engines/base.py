@@ -18,9 +18,10 @@ import numpy as np
 
 from earshot.af3.chat import Turn
 from earshot.af3.generation import Generation, StopReason
+from earshot.errors import InputError
 from earshot.speech import Speech
 
-__all__ = ["Ask", "Engine", "Generation", "StopReason", "texts"]
+__all__ = ["Ask", "Engine", "Generation", "StopReason", "check_asks", "texts"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Ask:
 
 def texts(generations: Sequence[Generation]) -> list[str]:
     return [g.text for g in generations]
+
+
+def check_asks(asks: Sequence[Ask], n_audios: int) -> None:
+    """Every engine refuses an ask about an audio the call does not carry."""
+    for ask in asks:
+        if ask.audio is not None and not 0 <= ask.audio < n_audios:
+            raise InputError(f"an ask refers to audio {ask.audio} of {n_audios}", code="prompt_audio_mismatch")
 
 
 @runtime_checkable

@@ -13,7 +13,7 @@ from earshot.af3.chat import Turn
 from earshot.af3.loading import resolve_model_dir
 from earshot.af3.runtime import AF3Runtime, Row
 from earshot.config import Settings
-from earshot.engines.base import Ask, Generation
+from earshot.engines.base import Ask, Generation, check_asks
 from earshot.errors import InputError
 from earshot.speech import Speech, espeak
 
@@ -55,11 +55,7 @@ class LocalEngine:
     ) -> list[Generation]:
         if not asks:
             return []
-        for ask in asks:
-            if ask.audio is not None and not 0 <= ask.audio < len(audios):
-                raise InputError(
-                    f"an ask refers to audio {ask.audio} of {len(audios)}", code="prompt_audio_mismatch"
-                )
+        check_asks(asks, len(audios))
         encoded = self._encode_needed(asks, audios)
         rows = []
         for ask in asks:
