@@ -27,7 +27,7 @@ SECRET = "callback-secret-0123456789"
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings(_env_file=None, **{"callback_secret": SECRET, **overrides})  # type: ignore[arg-type]
+    return Settings(_env_file=None, **{"callback_secret": SECRET, **overrides})  # type: ignore[call-arg, arg-type]
 
 
 @pytest.mark.parametrize(

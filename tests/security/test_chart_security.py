@@ -54,7 +54,7 @@ def test_features_render_once_locked() -> None:
     assert paths == ["/v1"]
 
 
-def _rule_reaches(rule: dict[str, Any], address: ipaddress.IPv4Address) -> bool:
+def _rule_reaches(rule: dict[str, Any], address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     peers = rule.get("to")
     if not peers:
         return True
