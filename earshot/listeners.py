@@ -7,12 +7,17 @@ app holds for it) indefinitely. Here:
 - :class:`ListenerLimits` ``header_timeout_s``: a connection that has not sent complete request
   headers this long after connecting (or after its previous response) is closed;
 - ``body_timeout_s``: a request body must arrive completely within this time after the app
-  first reads it, else the client gets ``408`` and the connection is closed
-  (:class:`BodyTimeoutMiddleware`);
+  first reads it, and ``body_idle_timeout_s`` bounds the wait for each piece of it; else the
+  client gets ``408`` and the connection is closed (:class:`BodyTimeoutMiddleware`; large
+  uploads use the idle bound with no total);
 - ``max_connections`` (uvicorn's ``limit_concurrency``: ``503`` beyond it), ``keep_alive_s``
   and a 16 KiB cap on an incomplete request head.
 
 Everything binds 127.0.0.1 unless the caller names another address.
+
+With ``uvicorn.run(..., workers=N)`` (config passed to subprocesses by import path) use
+``http="earshot.listeners:HeaderDeadlineH11Protocol"`` and add :class:`BodyTimeoutMiddleware`
+to the app.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["DEFAULT_HOST", "BodyTimeoutMiddleware", "ListenerLimits", "make_server"]
+__all__ = [
+    "DEFAULT_HOST",
+    "BodyTimeoutMiddleware",
+    "HeaderDeadlineH11Protocol",
+    "ListenerLimits",
+    "make_server",
+]
 
 log = logging.getLogger("earshot.listeners")
 
@@ -38,13 +49,14 @@ Message = dict[str, Any]
 @dataclass(frozen=True)
 class ListenerLimits:
     header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
+    body_timeout_s: float | None = 30.0  # None: no total deadline (uploads)
+    body_idle_timeout_s: float = 30.0
     keep_alive_s: int = 5
     max_connections: int = 256
     max_head_bytes: int = 16 * 1024
 
 
-class _HeaderDeadline(H11Protocol):
+class HeaderDeadlineH11Protocol(H11Protocol):
     """h11 protocol that closes connections whose request headers do not arrive in time."""
 
     header_timeout_s = 10.0
@@ -81,11 +93,13 @@ class _BodyTimeout(Exception):
 
 
 class BodyTimeoutMiddleware:
-    """ASGI: a request body must be complete ``timeout_s`` after the app starts reading it."""
+    """ASGI: a request body must be complete ``timeout_s`` after the app starts reading it
+    (None: no total), and no piece of it may take longer than ``idle_timeout_s``."""
 
-    def __init__(self, app: Any, *, timeout_s: float) -> None:
+    def __init__(self, app: Any, *, timeout_s: float | None = 30.0, idle_timeout_s: float = 30.0) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -102,10 +116,11 @@ class BodyTimeoutMiddleware:
             if body_done:
                 message: Message = await receive()  # e.g. waiting for a disconnect while streaming
                 return message
-            if deadline is None:
+            if deadline is None and self.timeout_s is not None:
                 deadline = loop.time() + self.timeout_s
+            wait = self.idle_timeout_s if deadline is None else min(self.idle_timeout_s, deadline - loop.time())
             try:
-                message = await asyncio.wait_for(receive(), max(0.001, deadline - loop.time()))
+                message = await asyncio.wait_for(receive(), max(0.001, wait))
             except TimeoutError:
                 if not started:
                     answered = True
@@ -146,10 +161,10 @@ async def _send_408(send: Any) -> None:
 
 def make_server(app: Any, limits: ListenerLimits, *, log_prefix: str = "http", **config: Any) -> uvicorn.Server:
     """A uvicorn server for ``app`` with every deadline set; call ``.run(sockets=[...])``."""
-    protocol = type(f"{log_prefix.title()}H11Protocol", (_HeaderDeadline,),
+    protocol = type(f"{log_prefix.title()}H11Protocol", (HeaderDeadlineH11Protocol,),
                     {"header_timeout_s": limits.header_timeout_s})
     cfg = uvicorn.Config(
-        BodyTimeoutMiddleware(app, timeout_s=limits.body_timeout_s),
+        BodyTimeoutMiddleware(app, timeout_s=limits.body_timeout_s, idle_timeout_s=limits.body_idle_timeout_s),
         http=protocol,
         lifespan="off",
         log_config=None,

@@ -286,7 +286,7 @@ class WebhookServer:
                     raise OverflowError
 
         try:
-            await asyncio.wait_for(read(), timeout=self.limits.body_timeout_s)
+            await asyncio.wait_for(read(), timeout=self.limits.body_timeout_s or self.limits.body_idle_timeout_s)
         except TimeoutError:
             return JSONResponse({"error": "body not received in time"}, status_code=408,
                                 headers={"Connection": "close"})

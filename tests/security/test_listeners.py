@@ -65,3 +65,58 @@ def test_api_command_binds_loopback_by_default() -> None:
     from services.cli import api
 
     assert inspect.signature(api.serve).parameters["host"].default == "127.0.0.1"
+
+
+def _serve(app: Any, limits: Any) -> tuple[Any, int, threading.Thread]:
+    from earshot.listeners import make_server
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = make_server(app, limits)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return server, int(sock.getsockname()[1]), thread
+
+
+def test_upload_bodies_may_be_slow_but_not_stalled() -> None:
+    """An API-style listener: no total body deadline, but each piece must come within the idle bound."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from earshot.listeners import ListenerLimits
+
+    async def upload(request: Request) -> JSONResponse:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    app = Starlette(routes=[Route("/upload", upload, methods=["POST"])])
+    server, port, thread = _serve(app, ListenerLimits(header_timeout_s=2, body_timeout_s=None, body_idle_timeout_s=0.6))
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # 2.4 s in all, 0.3 s apart: fine
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+            for _ in range(8):
+                time.sleep(0.3)
+                sock.sendall(b"x")
+            sock.settimeout(5)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # then a stall
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nxx")
+            sock.settimeout(5)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_header_deadline_protocol_loads_by_import_path_for_multiprocess_uvicorn() -> None:
+    import uvicorn
+
+    from earshot.listeners import HeaderDeadlineH11Protocol
+
+    config = uvicorn.Config(lambda *a: None, http="earshot.listeners:HeaderDeadlineH11Protocol")
+    config.load()
+    assert config.http_protocol_class is HeaderDeadlineH11Protocol

@@ -164,7 +164,7 @@ def test_a_message_with_too_many_records_is_refused_whole() -> None:
 @pytest.fixture
 def slow_limits_server() -> Iterator[WebhookServer]:
     srv = make(settings(ingest_webhook_secret=SECRET), Recorder(),
-               limits=ListenerLimits(header_timeout_s=0.5, body_timeout_s=0.5))
+               limits=ListenerLimits(header_timeout_s=0.5, body_timeout_s=0.5, body_idle_timeout_s=0.5))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
