@@ -73,7 +73,7 @@ def test_the_engine_encodes_each_audio_once_and_answers_in_ask_order(tiny_model_
         windows.append(int(feats.shape[0]))
         return original(feats, mask, think=think)
 
-    engine.runtime.encode_features = counting  # type: ignore[method-assign]
+    engine.runtime.encode_features = counting  # type: ignore[method-assign,assignment]
     asks = [Ask("Describe the audio.", audio=1, max_new_tokens=5), Ask("Transcribe the input speech.", audio=0),
             Ask("Hello there.", max_new_tokens=4), Ask("List every event.", audio=1, max_new_tokens=6)]
     together = engine.generate(asks, audios=audios)
