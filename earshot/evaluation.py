@@ -259,3 +259,47 @@ def write_report(
     out.write_text(json.dumps(data, indent=1) + "\n")
     out.with_suffix(".md").write_text(table_markdown(report))
     return out
+
+
+@dataclass
+class FileScore:
+    """One file through Earshot's own analysis (speech chunks, events on the clip)."""
+
+    transcript: list[tuple[float, float, str]]
+    events: list[tuple[float, float, str]]
+    caption: str | None
+    reference: str
+    word_errors: int
+    words: int
+    event_pairs: list[tuple[dict[str, Any], dict[str, Any] | None]]
+
+    @property
+    def wer(self) -> float | None:
+        return self.word_errors / self.words if self.words else None
+
+
+def score_file(
+    engine: Any,
+    audio: np.ndarray,
+    truth: Any,
+    *,
+    settings: Settings,
+    tasks: Sequence[str] = ("transcribe", "caption", "events"),
+) -> FileScore:
+    """Run ``earshot.analysis.analyze_audio`` (<= 600 s) and compare with a ``FileTruth``."""
+    from earshot.analysis import analyze_audio
+
+    result = analyze_audio(engine, audio, tasks=list(tasks), settings=settings)
+    hyp = " ".join(u.text for u in result.transcript)
+    errors, words = word_errors(truth.transcript, hyp)
+    predicted = [Event(start=e.start, end=e.end, label=e.label) for e in result.events]
+    pairs = [(asdict(t), asdict(p) if p else None) for t, p in pair_events(truth.events, predicted)]
+    return FileScore(
+        transcript=[(u.start, u.end, u.text) for u in result.transcript],
+        events=[(e.start, e.end, e.label) for e in result.events],
+        caption=result.caption,
+        reference=truth.transcript,
+        word_errors=errors,
+        words=words,
+        event_pairs=pairs,
+    )

@@ -22,6 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init-model", help="the untrained golden AF3 (sized) with the corpus tokenizer")
     init.add_argument("--spec", default=str(DEFAULT_SPEC))
     init.add_argument("--out", required=True)
+    smp = sub.add_parser(
+        "sample", help="consecutive windows of a split as one file + its known truth (.json)"
+    )
+    smp.add_argument("--spec", default=str(DEFAULT_SPEC))
+    smp.add_argument("--split", default="demo")
+    smp.add_argument("--windows", type=int, default=1)
+    smp.add_argument("--first", type=int, default=0)
+    smp.add_argument(
+        "--kind", action="append", help="force window kinds in turn (speech, speech_events, events)"
+    )
+    smp.add_argument(
+        "--out", required=True, help="audio path; the format follows the suffix (.flac, .wav, .mp3 ...)"
+    )
     prep = sub.add_parser("prepare", help="every split of the spec and the untrained model under --out")
     prep.add_argument("--spec", default=str(DEFAULT_SPEC))
     prep.add_argument("--out", required=True)
@@ -34,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                 split, args.out, spec_path=args.spec, windows=args.windows, workers=args.workers
             )
             print(f"{split}: {root} in {time.monotonic() - t0:.0f} s", flush=True)
+    elif args.cmd == "sample":
+        _sample(args)
     elif args.cmd == "init-model":
         _init(args.spec, args.out)
     else:
@@ -44,6 +59,23 @@ def main(argv: list[str] | None = None) -> int:
             root = generate_split(split, f"{args.out}/corpus", spec_path=args.spec, workers=args.workers)
             print(f"{split}: {root} in {time.monotonic() - t0:.0f} s", flush=True)
     return 0
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from earshot.audio.synth import encode_file
+    from earshot.corpus.files import compose_file
+
+    audio, truth = compose_file(
+        load_spec(args.spec), args.split, windows=args.windows, first=args.first, kinds=args.kind
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    encode_file(audio, out)
+    out.with_suffix(".json").write_text(json.dumps(truth.to_json(), indent=1) + "\n")
+    print(f"{out}: {truth.duration:.1f} s, {len(truth.utterances)} sentences, {len(truth.events)} events")
 
 
 def _init(spec_path: str, out: str) -> None:

@@ -93,3 +93,53 @@ def run(
         console.print(f"wrote {out} and {out.with_suffix('.md')}")
     else:
         console.print(table_markdown(report))
+
+
+@app.command("demo")
+def demo(
+    model: Annotated[Path, typer.Option("--model", help="AF3 checkpoint directory.")] = GOLDEN_MODEL,
+    sample: Annotated[Path, typer.Option("--sample", help="Audio file (any format Earshot decodes).")] = REPO
+    / "examples"
+    / "golden"
+    / "demo.flac",
+    truth: Annotated[
+        Path | None, typer.Option("--truth", help="Its known words and events (default: the sample's .json).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "cpu",
+) -> None:
+    """Analyze a sample whose words are known; print transcript, events, caption and the WER."""
+    import json
+
+    from earshot.audio.decode import decode_all
+    from earshot.corpus.files import FileTruth
+    from earshot.evaluation import load_engine, score_file
+
+    settings = get_settings().model_copy(update={"device": device})
+    known = FileTruth.from_json(json.loads((truth or sample.with_suffix(".json")).read_text()))
+    engine = load_engine(model, settings=settings)
+    audio = decode_all(sample, max_duration_s=600.0)
+    score = score_file(engine, audio, known, settings=settings)
+    console.print(f"[bold]{sample.name}[/bold] ({known.duration:.0f} s) with {model}", highlight=False)
+    console.print("[bold]transcript[/bold] (one utterance per speech chunk)")
+    for start, end, text in score.transcript:
+        console.print(f"  [{start:6.1f} - {end:6.1f}] {text}", highlight=False)
+    console.print(f"[bold]known text[/bold]\n  {score.reference}", highlight=False)
+    console.print("[bold]events[/bold] (predicted | placed)")
+    for t, p in score.event_pairs:
+        got = f"[{p['start']:.1f} - {p['end']:.1f}] {p['label']}" if p else "missed"
+        console.print(f"  {got:32} | [{t['start']:.1f} - {t['end']:.1f}] {t['label']}", highlight=False)
+    extra = [
+        e
+        for e in score.events
+        if all(p is None or (p["start"], p["label"]) != (e[0], e[2]) for _, p in score.event_pairs)
+    ]
+    for start, end, label in extra:
+        console.print(f"  [{start:.1f} - {end:.1f}] {label:20} | (nothing placed there)", highlight=False)
+    console.print(f"[bold]caption[/bold]: {score.caption}", highlight=False)
+    wer = score.wer
+    console.print(
+        f"[bold]WER[/bold] {100 * wer:.1f} % ({score.word_errors} errors / {score.words} words)"
+        if wer is not None
+        else "no speech in the known text",
+        highlight=False,
+    )
