@@ -8,7 +8,7 @@ pipeline stores them on the file's timeline.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import BaseModel, Field
 from sqlalchemy import Row, Select, bindparam, func, select
@@ -85,8 +85,8 @@ class JobReport(BaseModel):
 
 # --------------------------------------------------------------------------- reading them back
 # The API's reads: plain columns with SQLAlchemy Core on an async connection (no ORM objects, no
-# relationship loading), each function one query. ``tenant_id`` scopes a job to its tenant once
-# the column exists (issue 14); None means "every tenant" (admin keys, single-team installs).
+# relationship loading), each function one query. ``tenant_id`` limits jobs to that tenant's;
+# None means every tenant (admin keys). Another tenant's job reads exactly like a missing one.
 
 _jobs = m.Job.__table__
 _audio = m.AudioFile.__table__
@@ -96,31 +96,29 @@ _ev = m.Event.__table__
 _tr = m.ReasoningTrace.__table__
 _speech = m.SpeechOutput.__table__
 
+# a result row of any width (SQLAlchemy types rows by their columns)
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+
 JOB_COLUMNS = (
     _jobs.c.id, _jobs.c.status, _jobs.c.source_uri, _jobs.c.tasks, _jobs.c.questions, _jobs.c.engine,
     _jobs.c.model_id, _jobs.c.progress, _jobs.c.attempts, _jobs.c.segment_count, _jobs.c.created_at,
     _jobs.c.updated_at, _jobs.c.started_at, _jobs.c.finished_at, _jobs.c.timings, _jobs.c.error_code,
-    _jobs.c.error_message, _jobs.c.options, _audio.c.duration_s,
-    *([_jobs.c.tenant_id] if "tenant_id" in _jobs.c else []),
+    _jobs.c.error_message, _jobs.c.options, _audio.c.duration_s, _jobs.c.tenant_id,
 )
 _JOB_FROM = _jobs.outerjoin(_audio, _audio.c.id == _jobs.c.audio_file_id)
 
 
 def _scoped(stmt: Select[Any], tenant_id: str | None) -> Select[Any]:
-    if tenant_id is not None and "tenant_id" in _jobs.c:
-        return stmt.where(_jobs.c.tenant_id == tenant_id)
-    return stmt
+    return stmt if tenant_id is None else stmt.where(_jobs.c.tenant_id == tenant_id)
 
 
 _JOB_BY_ID = select(*JOB_COLUMNS).select_from(_JOB_FROM).where(_jobs.c.id == bindparam("job_id"))
-_JOB_BY_ID_TENANT = (
-    _JOB_BY_ID.where(_jobs.c.tenant_id == bindparam("tenant_id")) if "tenant_id" in _jobs.c else _JOB_BY_ID
-)
+_JOB_BY_ID_TENANT = _JOB_BY_ID.where(_jobs.c.tenant_id == bindparam("tenant_id"))
 
 
-async def fetch_job(conn: AsyncConnection, job_id: str, *, tenant_id: str | None = None) -> Row[Any] | None:
+async def fetch_job(conn: AsyncConnection, job_id: str, *, tenant_id: str | None = None) -> AnyRow | None:
     """The job with its audio duration, or None (missing, or another tenant's: the same answer)."""
-    if tenant_id is not None and "tenant_id" in _jobs.c:
+    if tenant_id is not None:
         result = await conn.execute(_JOB_BY_ID_TENANT, {"job_id": job_id, "tenant_id": tenant_id})
     else:
         result = await conn.execute(_JOB_BY_ID, {"job_id": job_id})
@@ -137,7 +135,7 @@ async def fetch_jobs(
     created_before: datetime | None = None,
     before: tuple[datetime, str] | None = None,
     limit: int = 50,
-) -> list[Row[Any]]:
+) -> list[AnyRow]:
     """Newest first; ``before`` is a (created_at, id) keyset cursor from the previous page."""
     q = _scoped(select(*JOB_COLUMNS).select_from(_JOB_FROM), tenant_id)
     if status:
@@ -162,7 +160,7 @@ _UTTERANCES = (
 )
 
 
-async def fetch_utterances(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
+async def fetch_utterances(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
     """(start_s, end_s, text) in time order."""
     return list((await conn.execute(_UTTERANCES, {"job_id": job_id})).all())
 
@@ -170,7 +168,7 @@ async def fetch_utterances(conn: AsyncConnection, job_id: str) -> list[Row[Any]]
 SUMMARY_LEVEL_ORDER = {"file": 0, "chapter": 1, "section": 2, "segment": 3, "caption": 4}
 
 
-async def fetch_summaries(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
+async def fetch_summaries(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
     """Every summary, ordered by level (file first) then index."""
     rows = await conn.execute(
         select(_sum.c.level, _sum.c.idx, _sum.c.start_s, _sum.c.end_s, _sum.c.title, _sum.c.text)
@@ -187,7 +185,7 @@ async def fetch_events(
     start: float | None = None,
     end: float | None = None,
     min_duration: float | None = None,
-) -> list[Row[Any]]:
+) -> list[AnyRow]:
     """Events overlapping [start, end], with a label substring (any case), at least so long."""
     if label and "\x00" in label:  # no label holds NUL (PostgreSQL text cannot)
         return []
@@ -209,7 +207,7 @@ async def fetch_events(
     return list((await conn.execute(q)).all())
 
 
-async def fetch_traces(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
+async def fetch_traces(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
     q = (
         select(_tr.c.segment_index, _tr.c.question, _tr.c.thinking, _tr.c.answer, _tr.c.adapter)
         .where(_tr.c.job_id == job_id)
@@ -218,7 +216,7 @@ async def fetch_traces(conn: AsyncConnection, job_id: str) -> list[Row[Any]]:
     return list((await conn.execute(q)).all())
 
 
-async def fetch_speech(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
+async def fetch_speech(conn: AsyncConnection, job_id: str) -> AnyRow | None:
     q = (
         select(_speech.c.kind, _speech.c.uri, _speech.c.duration_s, _speech.c.voice, _speech.c.sample_rate)
         .where(_speech.c.job_id == job_id)
@@ -227,15 +225,3 @@ async def fetch_speech(conn: AsyncConnection, job_id: str) -> Row[Any] | None:
     )
     return (await conn.execute(q)).first()
 
-
-_JOB_BY_KEY = select(*JOB_COLUMNS).select_from(_JOB_FROM).where(_jobs.c.idempotency_key == bindparam("key"))
-
-
-async def fetch_job_by_idempotency_key(
-    conn: AsyncConnection, key: str, *, tenant_id: str | None = None
-) -> Row[Any] | None:
-    """The job created earlier with this idempotency key (within the tenant, once jobs carry one)."""
-    q = _JOB_BY_KEY
-    if tenant_id is not None and "tenant_id" in _jobs.c:
-        q = q.where(_jobs.c.tenant_id == tenant_id)
-    return (await conn.execute(q, {"key": key})).first()

@@ -11,7 +11,7 @@ laptop; the REST contract is the same.
 Times in hits are absolute (seconds on the file's timeline), as stored.
 
 It runs on an async connection (the API's); ``tenant_id`` limits hits to that tenant's jobs
-once jobs carry a tenant (issue 14), None searches every job.
+(before ranking and paging, so nothing of another tenant shows), None searches every job.
 """
 
 from __future__ import annotations
@@ -80,8 +80,6 @@ async def search(
     kinds = [k for k in KINDS if k in kinds]
     if not query or not kinds or limit <= 0:
         return SearchPage([], False)
-    if tenant_id is not None and "tenant_id" not in m.Job.__table__.c:
-        tenant_id = None  # no tenants in this schema yet: one tenant sees everything
     if conn.dialect.name == "postgresql":
         rows = await _search_postgres(conn, query, limit + 1, offset, job_id, kinds, tenant_id)
     else:

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from earshot import __version__ as earshot_version
 from earshot.auth import models as _auth_models  # noqa: F401  (registers api_keys on the Base)
 from earshot.config import Settings, get_settings
+from earshot.tenants import RateLimiter
 from services.api import problems
 from services.api.db import Database
 from services.api.limits import BodyLimitMiddleware
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.state.db = Database(settings)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
+    app.state.rate_limiter = RateLimiter()
     problems.install(app)
     for module in (health, jobs, results, search, conversations, keys):
         app.include_router(module.router)

@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import BackgroundTasks, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +24,7 @@ from earshot.config import Settings
 from earshot.db.session import session_scope
 from earshot.jobs import dispatch as jobs_dispatch
 from earshot.jobs.dispatch import Enqueuer
-from earshot.results import fetch_job
+from earshot.results import AnyRow, fetch_job
 from services.api import serializers
 from services.api.db import Database
 from services.api.principals import KeyCache, Principal
@@ -98,6 +97,8 @@ def require_scope(scope: str) -> Callable[..., Any]:
             raise ApiProblem(401, "unknown or revoked API key", code="invalid_key", headers=_INVALID)
         if not principal.allows(scope):
             raise ApiProblem(403, f"this key lacks the {scope!r} scope", code="insufficient_scope")
+        # per tenant, in this process (RateLimited: 429 with Retry-After, see problems.py)
+        request.app.state.rate_limiter.check(principal.tenant_id, principal.requests_per_minute)
         request.state.principal = principal
         return principal
 
@@ -152,7 +153,10 @@ async def dispatch(job_id: str, *, settings: Settings, enqueue: Enqueuer, backgr
 
 
 def tenant_scope(principal: Principal) -> str | None:
-    """The tenant a query is limited to; None for admin keys (they act across tenants)."""
+    """The tenant a query is limited to; None for admin keys (they act across tenants).
+
+    The rule of ``earshot.tenants.tenant_scope``, for the cached ``Principal``.
+    """
     return None if principal.admin else principal.tenant_id
 
 
@@ -169,7 +173,7 @@ def canonical_id(job_id: str) -> str:
         raise not_found(job_id) from None
 
 
-async def load_job(conn: AsyncConnection, principal: Principal, job_id: str) -> Row[Any]:
+async def load_job(conn: AsyncConnection, principal: Principal, job_id: str) -> AnyRow:
     """The job (``results.JOB_COLUMNS``) if this caller may see it, else a 404 problem."""
     row = await fetch_job(conn, canonical_id(job_id), tenant_id=tenant_scope(principal))
     if row is None:

@@ -10,7 +10,9 @@ writes its samples there and ``/metrics``, whichever worker answers, adds them a
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.platform_collector import PlatformCollector
@@ -24,6 +26,27 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+def prepare_multiprocess(workers: int) -> str | None:
+    """Before the workers start: the directory they share, emptied (None: one process).
+
+    ``PROMETHEUS_MULTIPROC_DIR`` is prometheus-client's own switch, read when each worker
+    imports it, so it has to be in the environment the workers inherit. A directory given
+    by the deployment (the chart mounts an emptyDir) is used as is, after removing the samples
+    of an earlier run; otherwise several workers get a fresh temporary directory.
+    """
+    given = multiprocess_dir()
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return given
+    if workers <= 1:
+        return None
+    created = tempfile.mkdtemp(prefix="earshot-metrics-")
+    os.environ[MULTIPROC_ENV] = created
+    return created
 
 
 class ApiMetrics:

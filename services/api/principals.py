@@ -1,7 +1,7 @@
 """Who is calling: API keys looked up by SHA-256 and cached in memory for a few seconds.
 
 A cached answer (found, unknown or revoked) lives ``Settings.api_key_cache_s`` seconds (5 by
-default). So a key revoked elsewhere (the CLI, another API process) keeps working for at most
+default), together with its tenant and the tenant's rate limit. So a key revoked elsewhere (the CLI, another API process) keeps working for at most
 that long in each process; a key revoked through this process's ``/v1/keys/{id}/revoke`` stops
 at once. The cache is bounded, so a flood of made-up tokens cannot grow it without limit.
 """
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from earshot.auth import TOKEN_PREFIX, ApiKey, hash_token, scope_allows
 from earshot.auth.service import TOUCH_INTERVAL
 from earshot.db.base import utcnow
+from earshot.tenants import Tenant
 
 if TYPE_CHECKING:
     from services.api.db import Database
@@ -27,19 +28,22 @@ MAX_ENTRIES = 10_000
 MAX_TOKEN_CHARS = 200
 
 _keys = ApiKey.__table__
-_tenant_col = _keys.c.get("tenant_id")
-_LOOKUP = select(
-    _keys.c.id, _keys.c.scopes, _keys.c.revoked_at, _keys.c.last_used_at,
-    *([_tenant_col] if _tenant_col is not None else []),
-).where(_keys.c.key_hash == bindparam("h"))
-_TOUCH = update(_keys).where(_keys.c.id == bindparam("kid")).values(last_used_at=bindparam("now"))
+_tenants = Tenant.__table__
+_LOOKUP = (
+    select(_keys.c.id, _keys.c.scopes, _keys.c.revoked_at, _keys.c.last_used_at, _keys.c.tenant_id,
+           _tenants.c.requests_per_minute)
+    .select_from(_keys.outerjoin(_tenants, _tenants.c.id == _keys.c.tenant_id))
+    .where(_keys.c.key_hash == bindparam("h"))
+)
+_TOUCH = update(ApiKey).where(ApiKey.id == bindparam("kid")).values(last_used_at=bindparam("now"))
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     key_id: str
     scopes: tuple[str, ...]
-    tenant_id: str | None = None
+    tenant_id: str
+    requests_per_minute: int | None = None  # the tenant's rate limit (None: unlimited)
 
     @property
     def admin(self) -> bool:
@@ -93,5 +97,5 @@ class KeyCache:
             await conn.execute(_TOUCH, {"kid": row.id, "now": now})
             if conn.in_transaction():
                 await conn.commit()
-        tenant = getattr(row, "tenant_id", None)
-        return Principal(key_id=row.id, scopes=tuple(row.scopes or ()), tenant_id=tenant)
+        return Principal(key_id=row.id, scopes=tuple(row.scopes or ()), tenant_id=row.tenant_id,
+                         requests_per_minute=row.requests_per_minute)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from earshot.errors import EarshotError, InputError, StorageError
+from earshot.tenants import IdempotencyConflict, QuotaExceeded
 
 log = logging.getLogger("earshot.api")
 
@@ -121,6 +122,10 @@ def _issues(errors: Any) -> list[dict[str, Any]]:
 
 
 def earshot_status(exc: EarshotError) -> int:
+    if isinstance(exc, QuotaExceeded):
+        return 429
+    if isinstance(exc, IdempotencyConflict):
+        return 409
     if isinstance(exc, InputError):
         return 422
     if isinstance(exc, StorageError):
@@ -151,7 +156,8 @@ def install(app: FastAPI) -> None:
 
     async def earshot_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EarshotError)
-        return problem_response(request, earshot_status(exc), exc.message, code=exc.code)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QuotaExceeded) else None
+        return problem_response(request, earshot_status(exc), exc.message, code=exc.code, headers=headers)
 
     async def data_error(request: Request, exc: Exception) -> JSONResponse:
         # a value the database cannot hold (out of range, bad encoding): the caller's input
@@ -189,7 +195,10 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The upload is larger than the limit",
         415: "Unsupported Content-Type",
         422: "Invalid parameters or body",
+        429: "The tenant is over a quota or its rate limit (see Retry-After)",
         502: "The object store failed",
         503: "A dependency (database, queue, object store) is unavailable",
     }
+    if 401 in statuses:  # every keyed request counts against its tenant's rate limit
+        statuses = tuple(sorted({*statuses, 429}))
     return {s: {"model": Problem, "description": descriptions.get(s, HTTPStatus(s).phrase)} for s in statuses}

@@ -309,6 +309,7 @@ class ApiKeyOut(BaseModel):
     name: str
     prefix: str = Field(description="The token's first characters, for telling keys apart")
     scopes: list[str]
+    tenant_id: str = Field(description="The tenant the key acts for (admin keys see every tenant)")
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
@@ -319,7 +320,7 @@ class ApiKeyCreated(ApiKeyOut):
         json_schema_extra={
             "examples": [
                 {"id": "5c1d7f0e-3f7e-4b8e-9a55-0c7c1f0b9e11", "name": "dashboard", "prefix": "ek_Xq3v9LmA",
-                 "scopes": ["read"], "created_at": "2026-11-26T09:00:00Z", "last_used_at": None,
+                 "scopes": ["read"], "tenant_id": "default", "created_at": "2026-11-26T09:00:00Z", "last_used_at": None,
                  "revoked_at": None, "token": "ek_Xq3v9LmA..."}
             ]
         }
@@ -333,6 +334,10 @@ class ApiKeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
     scopes: list[Literal["read", "submit", "admin"]] = Field(min_length=1, max_length=3)
+    tenant_id: str | None = Field(
+        default=None, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="The tenant the new key acts for; default: the calling admin key's tenant",
+    )
 
 
 class ApiKeyPage(BaseModel):

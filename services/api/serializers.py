@@ -51,7 +51,7 @@ def job(r: Any, *, with_tenant: bool = False) -> dict[str, Any]:
         "outputs": {str(k): str(v) for k, v in outputs.items()} if isinstance(outputs, dict) else {},
     }
     if with_tenant:
-        out["tenant_id"] = getattr(r, "tenant_id", None)
+        out["tenant_id"] = r.tenant_id
     return out
 
 
@@ -122,4 +122,4 @@ def search(query: str, hits: Iterable[SearchHit], next_cursor: str | None) -> di
 def key(k: Any) -> dict[str, Any]:
     """An ``ApiKey`` (row or ORM object) as ``ApiKeyOut``: never the hash."""
     return {"id": k.id, "name": k.name, "prefix": k.prefix, "scopes": list(k.scopes or []),
-            "created_at": k.created_at, "last_used_at": k.last_used_at, "revoked_at": k.revoked_at}
+            "tenant_id": k.tenant_id, "created_at": k.created_at, "last_used_at": k.last_used_at, "revoked_at": k.revoked_at}

@@ -2,13 +2,14 @@
 
 The body is parsed as it arrives (python-multipart), the file part goes to a temporary file
 while its bytes are counted, and only a complete upload under the limit is copied to the object
-store (``<output_url>/uploads/<uuid>/<filename>``; multipart upload on S3). A declared
+store (``<output_url>/uploads/<tenant>/<uuid>/<filename>``; multipart upload on S3). A declared
 Content-Length over the limit is refused before a byte is read; a chunked body is cut off as
 soon as it passes the limit. Either way the answer is 413 and nothing is stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -58,6 +59,7 @@ class ReceivedUpload:
     size: int
     content_type: str | None
     fields: dict[str, list[str]] = field(default_factory=dict)
+    sha256: str = ""  # of the file's bytes: part of an upload's Idempotency-Key fingerprint
 
 
 class _Collector:
@@ -73,6 +75,7 @@ class _Collector:
         self._data = bytearray()
         self._out: BinaryIO | None = None
         self._field_count = 0
+        self._digest = hashlib.sha256()
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -133,6 +136,7 @@ class _Collector:
             if self.upload.size > self.max_file_bytes:
                 raise too_large(self.max_file_bytes)
             self._out.write(chunk)
+            self._digest.update(chunk)
         else:
             self._data.extend(chunk)
             if len(self._data) > MAX_FIELD_BYTES:
@@ -195,10 +199,14 @@ async def receive_multipart(
         shutil.rmtree(tmp, ignore_errors=True)
         raise ApiProblem(422, f"the form has no {FILE_FIELD!r} file", code="bad_multipart")
     collector.upload.fields = collector.fields
+    collector.upload.sha256 = collector._digest.hexdigest()
     return collector.upload, tmp
 
 
-async def store_upload(upload: ReceivedUpload, output_url: str) -> str:
-    """Copy a received file to ``<output_url>/uploads/<uuid>/<filename>``; returns its URI."""
-    target = storage.join_uri(output_url, "uploads", str(uuid.uuid4()), upload.filename)
+async def store_upload(upload: ReceivedUpload, output_url: str, tenant_id: str) -> str:
+    """Copy a received file to ``<output_url>/uploads/<tenant>/<uuid>/<filename>``; returns its URI.
+
+    The API wrote it, for this tenant, so it needs no allow-list entry.
+    """
+    target = storage.join_uri(output_url, "uploads", tenant_id, str(uuid.uuid4()), upload.filename)
     return await run_in_threadpool(storage.put_file, target, os.fspath(upload.path), upload.content_type)

@@ -9,6 +9,8 @@ import typer
 from earshot.config import get_settings
 from services.cli.common import ensure_embedded_db
 
+WORKER_START_TIMEOUT_S = 120
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
@@ -20,13 +22,20 @@ def serve(
     """Serve the REST API (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
 
+    from services.api.metrics import prepare_multiprocess
+
     ensure_embedded_db(get_settings())
+    prepare_multiprocess(workers)  # several workers: /metrics adds up all of them
     uvicorn.run(
         "services.api.app:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
+        # a worker imports the whole app before it answers the supervisor's health check; on a
+        # busy node that takes longer than uvicorn's 5 s default, and the workers were killed
+        # and restarted for ever
+        timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
         log_level=log_level,
         access_log=access_log,
         proxy_headers=True,

@@ -18,12 +18,19 @@ from typer.testing import CliRunner
 from earshot.config import Settings
 from earshot.exports import validate_srt, validate_vtt
 from services.cli.main import app
-from tests.fixtures.api import bearer
+from tests.fixtures.api import QueueRecorder, bearer, make_app
 
 runner = CliRunner()
 
 
-def test_keys_create_list_revoke(api_env: Settings, api_client: TestClient) -> None:
+def test_keys_create_list_revoke(api_env: Settings, api_queue: QueueRecorder) -> None:
+    # no key cache, so the CLI's revocation shows at once (the cache window has its own test)
+    uncached = TestClient(make_app(api_env.model_copy(update={"api_key_cache_s": 0}), api_queue))
+    with uncached as api_client:
+        _keys_round_trip(api_client)
+
+
+def _keys_round_trip(api_client: TestClient) -> None:
     made = runner.invoke(app, ["keys", "create", "--name", "cli-test", "--scope", "read,submit", "--json"])
     assert made.exit_code == 0, made.output
     row = json.loads(made.stdout)
@@ -84,25 +91,48 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_earshot_api_serves(api_env: Settings) -> None:
+def _serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    env = {**os.environ, "EARSHOT_DATABASE_URL": api_env.database_url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "api", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "services.cli.main", "api", "--port", str(port), "--log-level", "warning", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180  # importing the app takes long on a loaded machine
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=2)
+            return proc, base
+        except httpx.TransportError:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "earshot api did not start"
+            time.sleep(0.2)
+
+
+def test_earshot_api_serves(api_env: Settings) -> None:
+    proc, base = _serve({**os.environ, "EARSHOT_DATABASE_URL": api_env.database_url})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-                assert time.monotonic() < deadline, "earshot api did not start"
-                time.sleep(0.2)
+        r = httpx.get(f"{base}/readyz", timeout=5)
         assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok"}
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 401
+        assert httpx.get(f"{base}/v1/jobs").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_earshot_api_workers_add_up_their_metrics(api_env: Settings, tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "prom"
+    env = {**os.environ, "EARSHOT_DATABASE_URL": api_env.database_url, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    proc, base = _serve(env, "--workers", "2")
+    try:
+        requests = 60
+        for _ in range(requests):  # a new connection each time: the kernel spreads them over the workers
+            assert httpx.get(f"{base}/v1/jobs", headers={"Connection": "close"}).status_code == 401
+        served_by = {f.stem.rsplit("_", 1)[-1] for f in metrics_dir.glob("counter_*.db")}
+        assert len(served_by) == 2, served_by  # both workers answered and wrote samples
+        line = f'earshot_api_requests_total{{method="GET",route="/v1/jobs",status="401"}} {float(requests)}'
+        for _ in range(6):  # whichever worker answers /metrics reports the sum of all of them
+            assert line in httpx.get(f"{base}/metrics", headers={"Connection": "close"}).text
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -19,6 +19,7 @@ from earshot.config import Settings
 from earshot.db import models as m
 from earshot.db.base import utcnow
 from earshot.db.session import session_scope
+from earshot.tenants import DEFAULT_TENANT, update_tenant
 from tests.fixtures.api import QueueRecorder, Tokens, bearer, make_app
 
 PROBLEM = "application/problem+json"
@@ -117,7 +118,7 @@ def test_upload_streams_to_storage_and_queues(
 
     stored = storage.parse_uri(job["source"])
     out_root = storage.parse_uri(api_env.output_url).path
-    assert stored.path.parent.parent == out_root / "uploads"
+    assert stored.path.parent.parent == out_root / "uploads" / "default"  # under the key's tenant
     uuid.UUID(stored.path.parent.name)
     assert stored.path.name == "My_Call_1.wav"  # one harmless path segment
     assert stored.path.read_bytes() == audio
@@ -227,6 +228,8 @@ def test_submit_s3_uri(
     boto3.client("s3", endpoint_url=storage.s3_client().meta.endpoint_url).put_object(
         Bucket=s3_bucket, Key="calls/one.wav", Body=b"RIFF"
     )
+    with session_scope() as s:  # the tenant may read this prefix (and nothing else)
+        update_tenant(s, DEFAULT_TENANT, allowed_sources=[f"s3://{s3_bucket}/calls/"])
     h = bearer(api_tokens.submit)
     uri = f"s3://{s3_bucket}/calls/one.wav"
     r = api_client.post("/v1/jobs", json={"uri": uri, "tasks": ["transcribe"], "callback_url": "https://hooks.example.com/x"},

@@ -9,8 +9,8 @@ import pytest
 from earshot.config import Settings
 from earshot.db.models import Job
 from services.api.app import create_app
-from services.api.problems import ApiProblem
 from services.api.cursors import decode_job_cursor, decode_offset, encode_job_cursor, encode_offset
+from services.api.problems import ApiProblem
 from services.api.upload import safe_filename
 
 

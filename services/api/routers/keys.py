@@ -23,14 +23,15 @@ async def get_keys(conn: ConnDep, _key: AdminKey) -> Response:
 
 @router.post("", response_model=ApiKeyCreated, status_code=201, summary="Create a key; the token is shown once",
              responses=responses(400, 401, 403, 413, 422))
-async def post_key(db: DatabaseDep, _key: AdminKey, body: ApiKeyCreate) -> Response:
+async def post_key(db: DatabaseDep, key: AdminKey, body: ApiKeyCreate) -> Response:
+    tenant_id = body.tenant_id or key.tenant_id
     async with db.transaction() as tx:
-        created = await run_sync(tx, lambda s: _create(s, body))
+        created = await run_sync(tx, lambda s: _create(s, body, tenant_id))
     return answer(created, status_code=201, headers={"Cache-Control": "no-store"})
 
 
-def _create(session: Session, body: ApiKeyCreate) -> dict[str, object]:
-    key, token = create_key(session, name=body.name, scopes=body.scopes)
+def _create(session: Session, body: ApiKeyCreate, tenant_id: str) -> dict[str, object]:
+    key, token = create_key(session, name=body.name, scopes=body.scopes, tenant_id=tenant_id)
     return {**serializers.key(key), "token": token}
 
 
