@@ -18,7 +18,8 @@ The work queue holds the file's segments ``--repeat`` times so concurrency 8 has
 flight (a one-hour file has six 600 s segments).
 
     nice -n 10 python bench/throughput.py                 # tiny checkpoint, CPU servers here
-    python bench/throughput.py --minutes 10 --repeat 1    # quicker look
+    python bench/throughput.py --minutes 10 --repeat 8 --baseline-calls 2 --serial-concurrency 8
+                                                          # what fits a busy 2-core machine
 
 Prints a table; writes JSON to --json or $OUT/throughput.json. Speed figures never go into
 tests (bench/results/ holds the runs).
@@ -119,6 +120,19 @@ def segment_calls(audio: np.ndarray, settings: Settings) -> list[Call]:
     return calls
 
 
+def varied(calls: Sequence[Call], repeat: int) -> list[Call]:
+    """``calls`` ``repeat`` times, each copy with its own faint noise: no two calls carry the
+    same samples (engines cache encodings by content), and the speech chunks stay valid, so
+    the VAD runs once."""
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(repeat):
+        for c in calls:
+            audios = [a + rng.normal(0.0, 1e-3, a.shape[0]).astype(np.float32) for a in c.audios]
+            out.append(Call(c.asks, audios, c.seconds))
+    return out
+
+
 def run_calls(work: Callable[[Call], Any], calls: Sequence[Call], concurrency: int) -> dict[str, Any]:
     """``work`` over every call with ``concurrency`` threads pulling from one queue."""
     todo: queue.Queue[Call] = queue.Queue()
@@ -215,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60.0, help="length of the speech file")
     ap.add_argument("--repeat", type=int, default=2, help="the file's segments this many times in the queue")
-    ap.add_argument("--concurrency", default="1,4,8")
+    ap.add_argument("--concurrency", default="1,4,8", help="Triton with dynamic batching")
+    ap.add_argument("--serial-concurrency", default="1,4,8", help="Triton without dynamic batching")
+    ap.add_argument(
+        "--baseline-calls", type=int, default=0,
+        help="segment calls for the in-process runs (one at a time: the rate does not depend on "
+        "how many); 0 = all",
+    )
     ap.add_argument("--model-path", help="checkpoint (default: a tiny one built here)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in-process (Triton instances use 1)")
     ap.add_argument("--skip-triton", action="store_true")
@@ -240,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     audio = speech_file(args.minutes)
-    calls = segment_calls(audio, settings) * args.repeat
+    calls = varied(segment_calls(audio, settings), args.repeat)
     prep_s = time.perf_counter() - t0
     chunks = sum(len(c.audios) - 1 for c in calls) // args.repeat
     print(
@@ -263,17 +283,19 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     local = LocalEngine.from_settings(settings)
-    record("local unbatched", run_calls(unbatched(local), calls, 1))
-    record("local batched", run_calls(batched(local), calls, 1))
+    baseline = calls[: args.baseline_calls] if args.baseline_calls else calls
+    record("local unbatched", run_calls(unbatched(local), baseline, 1))
+    record("local batched", run_calls(batched(local), baseline, 1))
     del local
 
     if not args.skip_triton:
-        for name, dynamic in (("triton serial", False), ("triton dynamic", True)):
+        serial_levels = [int(c) for c in args.serial_concurrency.split(",") if c.strip()]
+        for name, dynamic, conc in (("triton serial", False, serial_levels), ("triton dynamic", True, levels)):
             server = serve(tmp / name.replace(" ", "_"), model_dir, dynamic=dynamic, log=tmp / f"{name}.log")
             try:
                 engine = TritonEngine(settings.model_copy(update={"triton_url": server.grpc_url, "triton_timeout_s": 3600}))
                 engine.generate([Ask("Hello.", max_new_tokens=1)])  # warm the LLM stub
-                for c in levels:
+                for c in conc:
                     before = llm_stats(server.grpc_url)
                     result = run_calls(batched(engine), calls, c)
                     after = llm_stats(server.grpc_url)
@@ -292,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     assert base is not None
     for r in rows:
         ratios[f"{r['variant']} c={r['concurrency']} / local unbatched"] = r["audio_s_per_s"] / base
-    for c in levels:
+    for c in sorted(set(levels) | {int(x) for x in args.serial_concurrency.split(",") if x.strip()}):
         serial, dyn = rate("triton serial", c), rate("triton dynamic", c)
         if serial and dyn:
             ratios[f"triton dynamic / triton serial at c={c}"] = dyn / serial
@@ -302,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "minutes": args.minutes, "repeat": args.repeat, "segments": len(calls), "rows": rows, "ratios": ratios,
         "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-        "threads": args.threads,
+        "threads": args.threads, "baseline_calls": len(baseline),
     }
     out = args.json or (Path(os.environ["OUT"]) / "throughput.json" if os.environ.get("OUT") else None)
     if out:

@@ -86,8 +86,8 @@ def test_server_stopped_mid_job_job_succeeds_when_it_is_back(
 def test_server_down_longer_than_the_retry_budget_fails_the_job_cleanly(
     faults_server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The engine's 2 s budget runs out, the task retries once (in-process in eager mode), then
-    # the job fails.
+    # The engine's 2 s budget runs out, the task layer retries the outage for its 3 s window
+    # (in-process in eager mode), then the job fails.
     settings = triton_settings(
         monkeypatch,
         faults_server,
@@ -95,6 +95,7 @@ def test_server_down_longer_than_the_retry_budget_fails_the_job_cleanly(
         triton_retry_budget_s="2",
         task_max_retries="1",
         task_retry_backoff_s="0",
+        task_retry_window_s="3",
     )
     job_id = _job(tmp_path)
     worker = _start(job_id)
