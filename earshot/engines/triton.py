@@ -1,9 +1,9 @@
 """Triton engine: the same Engine as the local one, with inference on a Triton server (gRPC).
 
-Plain prompts and raw audio go to the ``af3`` ensemble (af_whisper -> af3_llm); ChatML is
-built server-side with the same ``single_turn`` the local engine uses, so for the same input
-and greedy decoding both engines return the same text. Text-only prompts go to ``af3_llm``,
-speech to ``tts``.
+Plain prompts and raw audio go to the ``af3`` ensemble (af_whisper -> af3_llm), several
+audios per request; prompts are built server-side with the checkpoint's template exactly as
+the local engine builds them, so for the same input and greedy decoding both engines return
+the same Generations. Text-only prompts go to ``af3_llm``, speech to ``tts``.
 
 A server restart must not fail a job: UNAVAILABLE is retried with backoff for
 ``triton_retry_budget_s``, then surfaces as the retryable ``EngineUnavailable`` so the task
