@@ -75,3 +75,19 @@ def test_protocol_names_in_paths_are_files_not_protocols(tmp_path: Path, secret:
 def test_real_audio_still_decodes(secret: Path) -> None:
     assert probe(secret).format_name == "mp3"
     assert decode_all(secret).shape[0] > 15000
+
+
+def test_a_playlist_job_fails_as_not_audio_end_to_end(earshot_env: object, tmp_path: Path, secret: Path) -> None:
+    """The pipeline (`earshot run`, PostgreSQL, the real worker task) ends the job failed, readably."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    playlist = _playlists(tmp_path, secret)["hls-absolute.m3u8"]
+    result = CliRunner().invoke(app, ["run", "--json", str(playlist), "--tasks", "transcribe"])
+    [report] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert result.exit_code == 1 and report["status"] == "failed"
+    assert report["error"]["code"] == "not_audio" and "not an audio file" in report["error"]["message"]
+    assert not report.get("transcript")
