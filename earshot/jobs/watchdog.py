@@ -129,6 +129,29 @@ def reap(
         report.requeued.append(job_id)
         log.warning("job %s made no progress for %.0f s: sent again", job_id, settings.job_stale_after_s)
 
+    settle_before = now - timedelta(seconds=max(30.0, 3 * settings.job_heartbeat_s))
+    with session_scope(url) as s:
+        unsettled = list(
+            s.scalars(
+                select(Job.id)
+                .where(
+                    Job.status.in_(TERMINAL_STATUSES),
+                    Job.settled_at.is_(None),
+                    func.coalesce(Job.finished_at, Job.updated_at) < settle_before,
+                )
+                .limit(limit)
+            )
+        )
+    handed: set[str] = set()  # deliveries sent by settling, not to be resent in this sweep
+
+    def send_once(delivery_id: str) -> None:
+        handed.add(delivery_id)
+        send_callback(delivery_id)
+
+    for job_id in unsettled:
+        if settle_job(job_id, settings=settings, send_callback=send_once):
+            report.settled.append(job_id)
+
     retry_before = now - timedelta(seconds=settings.job_retry_failed_after_s)
     with session_scope(url) as s:
         candidates = list(
@@ -154,23 +177,6 @@ def reap(
         report.retried.append(job_id)
         log.info("job %s failed on an outage: retried", job_id)
 
-    settle_before = now - timedelta(seconds=max(30.0, 3 * settings.job_heartbeat_s))
-    with session_scope(url) as s:
-        unsettled = list(
-            s.scalars(
-                select(Job.id)
-                .where(
-                    Job.status.in_(TERMINAL_STATUSES),
-                    Job.settled_at.is_(None),
-                    func.coalesce(Job.finished_at, Job.updated_at) < settle_before,
-                )
-                .limit(limit)
-            )
-        )
-    for job_id in unsettled:
-        if settle_job(job_id, settings=settings, send_callback=send_callback):
-            report.settled.append(job_id)
-
     with session_scope(url) as s:
         overdue = list(
             s.scalars(
@@ -186,6 +192,8 @@ def reap(
             )
         )
     for delivery_id in overdue:
+        if delivery_id in handed:
+            continue
         send_callback(delivery_id)
         with session_scope(url) as s:
             row = s.get(CallbackDelivery, delivery_id)

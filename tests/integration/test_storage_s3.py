@@ -124,6 +124,30 @@ def test_version_ids(s3_bucket: str) -> None:
     assert second.size == 4
 
 
+def test_a_pinned_read_gets_its_version_or_refuses(s3_bucket: str, tmp_path: Path) -> None:
+    """VersionId on a versioned bucket, If-Match on the ETag otherwise; "null" is no version."""
+    uri = f"s3://{s3_bucket}/p.wav"
+    storage.put_bytes(uri, b"first")
+    plain = storage.head(uri)
+    assert plain.version_id is None and plain.version == plain.etag  # unversioned: the etag
+    storage.put_bytes(uri, b"second")
+    with pytest.raises(StorageError) as err:
+        storage.download_to(uri, tmp_path / "x", version=plain)
+    assert err.value.code == "version_mismatch" and not err.value.retryable
+    storage.s3_client().put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    # written while versioning was off: S3 says "null", Earshot says no version id
+    assert storage.head(uri).version_id is None
+    storage.put_bytes(uri, b"third")
+    third = storage.head(uri)
+    storage.put_bytes(uri, b"fourth!")
+    assert third.version_id and third.version == third.version_id
+    assert storage.download_to(uri, tmp_path / "v3", version=third) == len(b"third")
+    assert (tmp_path / "v3").read_bytes() == b"third"  # the pinned version, not the newest
+    gone = storage.ObjectInfo(uri=uri, size=5, etag=third.etag, version_id="no-such-version")
+    with pytest.raises(storage.NotFound):
+        storage.download_to(uri, tmp_path / "v0", version=gone)
+
+
 def test_presign_serves_bytes(s3_bucket: str) -> None:
     payload = os.urandom(70_000)
     uri = f"s3://{s3_bucket}/share/Ünïcødé file #1.wav"
