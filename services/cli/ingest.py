@@ -12,7 +12,7 @@ from rich.table import Table
 from earshot.config import get_settings
 from earshot.db.session import session_scope
 from earshot.ingest.bridge import Bridge, Delivery
-from earshot.ingest.deadletters import list_dead_letters, mark_replayed
+from earshot.ingest.deadletters import list_dead_letters, mark_replayed, resolve_dead_letters
 from earshot.ingest.models import DeadLetter
 from services.cli.common import console, ensure_embedded_db, err_console
 
@@ -110,17 +110,21 @@ def scan(
 def dead_letters(
     limit: int = 50,
     reason: Annotated[str | None, typer.Option(help="Only this reason code")] = None,
-    pending: Annotated[bool, typer.Option("--pending", help="Hide replayed ones")] = False,
+    pending: Annotated[bool, typer.Option("--pending", help="Hide replayed and resolved ones")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List messages the bridge could not turn into jobs, newest first."""
-    ensure_embedded_db(get_settings())
-    with session_scope() as s:
+    settings = get_settings()
+    ensure_embedded_db(settings)
+    with session_scope(settings.database_url) as s:
+        resolve_dead_letters(s)  # objects whose job succeeded meanwhile
+    with session_scope(settings.database_url) as s:
         rows = [
             {
                 "id": d.id, "created_at": d.created_at.isoformat(), "source": d.source,
                 "reason": d.reason, "detail": d.detail, "bucket": d.bucket, "key": d.key,
                 "replayed_at": d.replayed_at.isoformat() if d.replayed_at else None,
+                "resolved_at": d.resolved_at.isoformat() if d.resolved_at else None,
                 "body": d.body,
             }
             for d in list_dead_letters(s, limit=limit, reason=reason, include_replayed=not pending)
