@@ -62,6 +62,9 @@ def scan(
         float, typer.Option(help="Re-send jobs never marked enqueued after this many seconds")
     ] = 300.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON report per pass on stdout")] = False,
+    reap: Annotated[
+        bool, typer.Option("--reap/--no-reap", help="After each pass, one watchdog sweep (`earshot jobs reap`)")
+    ] = True,
 ) -> None:
     """Enqueue every object under PREFIX that has no job yet (a lost event never loses an upload)."""
     from earshot.ingest.reconcile import scan as scan_once
@@ -89,6 +92,17 @@ def scan(
                 raise
             err_console.print(f"[red]scan failed:[/] {exc}")
         else:
+            if reap and not dry_run:
+                from earshot.jobs.watchdog import reap as sweep
+                from workers.tasks import send_callback
+
+                try:
+                    swept = sweep(settings=settings, enqueue=enqueue, send_callback=send_callback)
+                except Exception as exc:  # the scan itself succeeded; the sweeper retries
+                    err_console.print(f"[yellow]watchdog sweep failed:[/] {exc}")
+                else:
+                    if any(swept.as_dict().values()):
+                        err_console.print(f"watchdog: {json.dumps(swept.as_dict())}")
             if as_json:
                 print(json.dumps(report.as_dict()), flush=True)
             else:
