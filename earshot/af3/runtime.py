@@ -416,29 +416,18 @@ class AF3Runtime:
             [Row(prompt, audio_embeds, max_new_tokens, think)], temperature=temperature
         )[0]
 
-    def stream(
-        self,
-        prompt: str,
-        audio_embeds: Sequence[torch.Tensor] = (),
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        think: bool = False,
-    ) -> Iterator[str]:
+    def stream(self, row: Row, *, temperature: float = 0.0) -> Iterator[str]:
         """Yield decoded text pieces as they are generated (the same path as :meth:`generate`)."""
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         errors: list[BaseException] = []
-        mode = bool(think and self.think_loaded)
+        mode = bool(row.think and self.think_loaded)
 
         def work() -> None:
             try:
                 with self.gate.hold(mode):
-                    self._run(
-                        [Row(prompt, audio_embeds, max_new_tokens, think)],
-                        temperature, adapter=mode, streamer=streamer,
-                    )
+                    self._run([row], temperature, adapter=mode, streamer=streamer)
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()

@@ -140,10 +140,7 @@ class LocalEngine:
         temperature: float = 0.0,
     ) -> Iterator[str]:
         row = self.chat_row(turns, clips, think=think, max_new_tokens=max_new_tokens)
-        yield from self.runtime.stream(
-            row.prompt, row.audio_embeds, max_new_tokens=row.max_new_tokens,
-            temperature=temperature, think=think,
-        )
+        yield from self.runtime.stream(row, temperature=temperature)
 
     def speak(self, text: str) -> Speech:
         return espeak(text, voice=self.settings.tts_voice, binary=self.settings.espeak_binary)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from earshot.af3.runtime import AF3Runtime, window_token_counts
+from earshot.af3.runtime import AF3Runtime, Row, window_token_counts
 from earshot.errors import EarshotError, InputError
 from earshot.triton import protocol as p
 from earshot.triton.backend import ModelArgs, load_stage
@@ -457,9 +457,7 @@ class AF3LLMStreamModel(_LLMBase):
             temperature = self._temperature(request)
             clips = self._clip_embeddings(request)
             chat = self._prompt(request, len(clips), think)
-            for piece in self.runtime.stream(
-                chat, clips, max_new_tokens=max_new, temperature=temperature, think=think
-            ):
+            for piece in self.runtime.stream(Row(chat, clips, max_new, think), temperature=temperature):
                 sender.send(self._piece(piece, False))
             sender.send(self._piece("", True), flags=final)
         except Exception as exc:

@@ -136,7 +136,7 @@ def test_streaming_with_thinking_matches_generate(runtime: AF3Runtime, clip: np.
     prompt = single_turn(runtime.tokenizer, "What do you hear?", think=True)
     embeds = [runtime.encode(clip, think=True)]
     whole = runtime.generate(prompt, embeds, max_new_tokens=8, think=True).text
-    streamed = "".join(runtime.stream(prompt, embeds, max_new_tokens=8, think=True))
+    streamed = "".join(runtime.stream(Row(prompt, embeds, 8, think=True)))
     assert streamed == whole
 
 
