@@ -14,7 +14,7 @@ there is no process-wide generation lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,18 +416,20 @@ class AF3Runtime:
             [Row(prompt, audio_embeds, max_new_tokens, think)], temperature=temperature
         )[0]
 
-    def stream(self, row: Row, *, temperature: float = 0.0) -> Iterator[str]:
-        """Yield decoded text pieces as they are generated (the same path as :meth:`generate`)."""
+    def stream(self, row: Row, *, temperature: float = 0.0) -> Generator[str, None, Generation]:
+        """Yield decoded text pieces as they are generated (the same path as :meth:`generate`);
+        the generator returns the whole :class:`Generation` (stop reason included)."""
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         errors: list[BaseException] = []
+        done: list[Generation] = []
         mode = bool(row.think and self.think_loaded)
 
         def work() -> None:
             try:
                 with self.gate.hold(mode):
-                    self._run([row], temperature, adapter=mode, streamer=streamer)
+                    done.extend(self._run([row], temperature, adapter=mode, streamer=streamer))
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()
@@ -440,3 +442,4 @@ class AF3Runtime:
         thread.join()
         if errors:
             raise errors[0]
+        return done[0]

@@ -43,7 +43,7 @@ from earshot.chat.schemas import (
 )
 from earshot.config import Settings
 from earshot.db import models as m
-from earshot.engines.base import Engine
+from earshot.engines.base import Engine, Generation
 from earshot.errors import EarshotError, InputError
 from earshot.grounding import format_time
 from earshot.reduce import clip_text
@@ -499,14 +499,26 @@ def stream_turn(
     pieces: list[str] = []
     t0 = time.monotonic()
     try:
-        for piece in engine.chat_stream(
+        stream = engine.chat_stream(
             prepared.turns, prepared.audio, think=prepared.think, max_new_tokens=prepared.max_new_tokens
-        ):
+        )
+        while True:
+            try:
+                piece = next(stream)
+            except StopIteration as end:  # an engine may return the whole Generation here
+                final = end.value if isinstance(end.value, Generation) else None
+                break
             pieces.append(piece)
             yield StreamEvent("token", {"text": piece})
+        truncated = final is not None and final.truncated
+        if final is not None:
+            budgets.count("chat", truncated=truncated)
         timings = {"generate_s": round(time.monotonic() - t0, 3)}
         with session_scope() as s:
-            out = finish_turn(s, prepared, "".join(pieces), engine=engine, settings=settings, timings=timings)
+            out = finish_turn(
+                s, prepared, "".join(pieces), engine=engine, settings=settings, timings=timings,
+                truncated=truncated,
+            )
         yield StreamEvent("answer", out.model_dump(mode="json"))
     except EarshotError as exc:
         yield StreamEvent("error", {"code": exc.code, "message": exc.message})

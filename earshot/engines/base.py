@@ -103,7 +103,12 @@ class Engine(Protocol):
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
     ) -> Iterator[str]:
-        """:meth:`chat`, yielding text pieces as they are generated; joined, they equal its text."""
+        """:meth:`chat`, yielding text pieces as they are generated; joined, they equal its text.
+
+        An engine that knows how the answer ended returns its :class:`Generation` as the
+        generator's return value (``StopIteration.value``), so a streamed answer cut by its
+        limit is reported too; ``None`` when it does not know.
+        """
         ...
 
     def speak(self, text: str) -> Speech: ...

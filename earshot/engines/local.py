@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,9 +138,9 @@ class LocalEngine:
         think: bool = False,
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, Generation]:
         row = self.chat_row(turns, clips, think=think, max_new_tokens=max_new_tokens)
-        yield from self.runtime.stream(row, temperature=temperature)
+        return (yield from self.runtime.stream(row, temperature=temperature))
 
     def speak(self, text: str) -> Speech:
         return espeak(text, voice=self.settings.tts_voice, binary=self.settings.espeak_binary)

@@ -300,3 +300,35 @@ def test_a_missing_model_is_a_503_with_the_reason(
     assert r.status_code == 503
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] == "model_not_found" and "no-model" in r.json()["detail"]
+
+
+def test_a_streamed_answer_cut_by_its_limit_says_so(
+    engine: LocalEngine, earshot_env: Settings, tmp_path: Path
+) -> None:
+    from earshot.engines.base import Generation
+
+    job = processed_job(tmp_path, "cut.wav", 3.0, seed=6)
+    with session_scope() as s:
+        conv = service.create_conversation(s, settings=earshot_env, clips=[])
+        cid = conv.id
+    with session_scope() as s:
+        prepared = service.prepare_turn(
+            s, conversation_id=cid, question="Describe it.", settings=earshot_env,
+            clips=[service.ClipIn(job_id=job)], max_new_tokens=1,
+        )
+    whole = engine.chat(prepared.turns, prepared.audio, max_new_tokens=1)
+    # the stream returns the same Generation as its return value
+    stream = engine.chat_stream(prepared.turns, prepared.audio, max_new_tokens=1)
+    pieces: list[str] = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            final = end.value
+            break
+    assert isinstance(final, Generation) and final == whole and "".join(pieces) == whole.text
+    events = list(service.stream_turn(prepared, engine=engine, settings=earshot_env))
+    answer = events[-1].data["answer"]
+    assert events[-1].event == "answer"
+    assert whole.truncated  # one token is not enough for this (tiny, noisy) answer
+    assert "token limit" in (answer["note"] or "")
