@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from celery import Celery
 
 from earshot.config import Settings, get_settings
@@ -14,6 +17,25 @@ QUEUES = {
 }
 
 app = Celery("earshot", include=["workers.tasks"])
+# settings given by the process that runs tasks in-process (`earshot run` with its flags)
+_run_with: Settings | None = None
+
+
+def task_settings() -> Settings:
+    """The settings tasks run with: those of an enclosing ``run_with``, else the environment's."""
+    return _run_with or get_settings()
+
+
+@contextmanager
+def run_with(settings: Settings) -> Iterator[None]:
+    """In-process (eager) tasks started inside this block use ``settings``: a CLI's flags reach
+    them as a copy of the settings, not through the environment."""
+    global _run_with
+    previous, _run_with = _run_with, settings
+    try:
+        yield
+    finally:
+        _run_with = previous
 
 
 def configure(settings: Settings | None = None) -> Celery:

@@ -27,7 +27,7 @@ from celery.exceptions import Reject, Retry
 
 from earshot import pipeline
 from earshot.callbacks.outbox import deliver
-from earshot.config import Settings, get_settings
+from earshot.config import Settings
 from earshot.db.models import AudioFile, Job
 from earshot.db.session import session_scope
 from earshot.engines import get_engine
@@ -35,7 +35,7 @@ from earshot.errors import EarshotError
 from earshot.jobs.failures import Superseded, backoff_s, outage_code
 from earshot.jobs.service import finish_job, renew_lease
 from earshot.jobs.watchdog import settle_job
-from workers.celery_app import app
+from workers.celery_app import app, task_settings
 
 log = logging.getLogger("earshot.tasks")
 T = TypeVar("T")
@@ -97,7 +97,7 @@ def _guarded(task: Task, job_id: str, step: Callable[[], T], *, failing_since: f
     mode Celery cannot schedule one (``retry`` raises out of ``.delay``), so the step is
     retried here, in-process, with the same backoff.
     """
-    settings = get_settings()
+    settings = task_settings()
     attempt = task.request.retries or 0
     while True:
         try:
@@ -166,7 +166,7 @@ def _publish(send: Callable[[], Any]) -> None:
 @app.task(bind=True, name="earshot.process_job", max_retries=None)
 def process_job(self: Task, job_id: str, failing_since: float | None = None) -> None:
     indices = _guarded(
-        self, job_id, lambda: pipeline.prepare_job(job_id, get_settings()), failing_since=failing_since
+        self, job_id, lambda: pipeline.prepare_job(job_id, task_settings()), failing_since=failing_since
     )
     if indices is None:
         return
@@ -178,7 +178,7 @@ def process_job(self: Task, job_id: str, failing_since: float | None = None) -> 
 
 @app.task(bind=True, name="earshot.analyze_segment", max_retries=None)
 def analyze_segment(self: Task, job_id: str, index: int, failing_since: float | None = None) -> None:
-    settings = get_settings()
+    settings = task_settings()
     done = _guarded(
         self, job_id,
         lambda: pipeline.analyze_segment(job_id, index, get_engine(settings), settings=settings),
@@ -208,7 +208,7 @@ def _fault(point: str) -> None:
 
 @app.task(bind=True, name="earshot.finalize_job", max_retries=None)
 def finalize_job(self: Task, job_id: str, failing_since: float | None = None) -> None:
-    settings = get_settings()
+    settings = task_settings()
     if _guarded(
         self, job_id, lambda: pipeline.finalize_job(job_id, get_engine(settings), settings),
         failing_since=failing_since,
@@ -224,7 +224,7 @@ def deliver_callback(self: Task, delivery_id: str) -> None:
 
     A database outage is retried like any other; the sweeper resends what is still pending.
     """
-    settings = get_settings()
+    settings = task_settings()
     try:
         attempt = deliver(delivery_id, settings)
         # eager mode (no broker) has no countdown: retry in-process with short pauses

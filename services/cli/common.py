@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import os
-
 from rich.console import Console
 
-from earshot.config import Settings, get_settings, reset_settings
+from earshot.config import Settings, get_settings
 from earshot.db import migrate
-from earshot.db.session import dispose_all
 
 console = Console()
 err_console = Console(stderr=True)
 
 
-def apply_overrides(**env: str | None) -> Settings:
-    """CLI flags win over the environment: set EARSHOT_* and reload the one Settings object."""
-    changed = False
-    for name, value in env.items():
-        if value is not None:
-            os.environ[f"EARSHOT_{name.upper()}"] = value
-            changed = True
-    if changed:
-        reset_settings()
-        dispose_all()
-    return get_settings()
+def apply_overrides(**flags: str | None) -> Settings:
+    """CLI flags win over the environment: a copy of the settings with the given flags set.
+
+    The copy is passed down (and to in-process tasks through ``workers.celery_app.run_with``);
+    the environment and every cache stay as they were.
+    """
+    update = {name: value for name, value in flags.items() if value is not None}
+    settings = get_settings()
+    return settings.model_copy(update=update) if update else settings
 
 
 def ensure_embedded_db(settings: Settings) -> None:

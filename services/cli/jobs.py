@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from earshot.config import get_settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.errors import EarshotError
@@ -66,10 +66,9 @@ def _print_report(report: JobReport) -> None:
         console.print(f"  {name}: {uri}")
 
 
-def _run_one(job_id: str, label: str, progress: Progress) -> None:
+def _run_one(job_id: str, label: str, progress: Progress, settings: Settings) -> None:
     from workers.tasks import enqueue
 
-    settings = get_settings()
     bar = progress.add_task(label, total=1.0)
     errors: list[BaseException] = []
 
@@ -83,7 +82,7 @@ def _run_one(job_id: str, label: str, progress: Progress) -> None:
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     while True:
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             job = s.get(m.Job, job_id)
             assert job is not None
             status, fraction = job.status, job.progress
@@ -112,6 +111,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per job on stdout.")] = False,
 ) -> None:
     """Process files now, with a progress bar per file and a report at the end."""
+    from workers.celery_app import run_with
+
     settings = apply_overrides(engine=engine, model_path=model_path)
     ensure_embedded_db(settings)
     if settings.broker_url is None:
@@ -131,7 +132,8 @@ def run(
             except EarshotError as exc:
                 reports.append(JobReport(job_id="", source=src, status="failed", error=ErrorInfo(code=exc.code, message=exc.message)))
                 continue
-            _run_one(job_id, src, progress)
+            with run_with(settings):  # in-process tasks see the flags
+                _run_one(job_id, src, progress, settings)
             reports.append(_report(job_id))
     for rep in reports:
         if as_json:
