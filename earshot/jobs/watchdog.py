@@ -129,7 +129,8 @@ def reap(
         report.requeued.append(job_id)
         log.warning("job %s made no progress for %.0f s: sent again", job_id, settings.job_stale_after_s)
 
-    settle_before = now - timedelta(seconds=max(30.0, 3 * settings.job_heartbeat_s))
+    # a live worker settles right after its commit; give it three heartbeats first
+    settle_before = now - timedelta(seconds=3 * settings.job_heartbeat_s)
     with session_scope(url) as s:
         unsettled = list(
             s.scalars(
