@@ -227,7 +227,8 @@ def cancel_job(session: Session, job_id: str, *, settings: Settings | None = Non
 
 
 def reset_for_retry(session: Session, job_id: str) -> Job | None:
-    """A failed or cancelled job goes back to queued, its partial results kept for upsert."""
+    """A failed or cancelled job goes back to queued. Its segments are dropped (settling deleted
+    their scratch files) and prepared again; result rows are replaced as the segments rerun."""
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         return None
