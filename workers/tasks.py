@@ -138,7 +138,7 @@ def _guarded(task: Task, job_id: str, step: Callable[[], T], *, failing_since: f
             return None
         delay = backoff_s(attempt, settings.task_retry_backoff_s, settings.task_retry_max_delay_s)
         log.warning(
-            "job %s: %s (%s); retry %d in %.1f s", job_id, error, code or type(error).__name__,
+            "job %s: %s (%s); retry %d in %.1f s", job_id, _one_line(error), code or type(error).__name__,
             attempt + 1, delay,
         )
         if not task.request.is_eager:
@@ -151,6 +151,12 @@ def _guarded(task: Task, job_id: str, step: Callable[[], T], *, failing_since: f
         time.sleep(delay)
         failing_since = since
         attempt += 1
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """Driver messages span lines (psycopg adds hints); a retry is one log line."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _publish(send: Callable[[], Any]) -> None:
@@ -235,7 +241,7 @@ def deliver_callback(self: Task, delivery_id: str) -> None:
         if outage_code(exc) is None or self.request.is_eager:
             raise
         delay = backoff_s(self.request.retries or 0, settings.task_retry_backoff_s, settings.task_retry_max_delay_s)
-        log.warning("callback %s: %s; retry in %.1f s", delivery_id, exc, delay)
+        log.warning("callback %s: %s; retry in %.1f s", delivery_id, _one_line(exc), delay)
         raise self.retry(countdown=delay) from None
     if attempt.retry_in_s is not None:
         raise self.retry(countdown=attempt.retry_in_s)
