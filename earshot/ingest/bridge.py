@@ -88,7 +88,8 @@ class Outcome:
 
 class _Retry(Exception):
     def __init__(self, message: str, outage: str | None = None) -> None:
-        super().__init__(message)
+        # driver messages span lines (psycopg adds hints): keep each log line one line
+        super().__init__(" ".join(message.split())[:500])
         self.outage = outage
 
 
