@@ -1,6 +1,9 @@
-"""Shared CLI helpers: settings overrides, database readiness, console."""
+"""Shared CLI helpers: settings overrides, database readiness, stop signals, console."""
 
 from __future__ import annotations
+
+import signal
+import threading
 
 from rich.console import Console
 
@@ -26,3 +29,18 @@ def ensure_embedded_db(settings: Settings) -> None:
     """The embedded SQLite database migrates itself; PostgreSQL is migrated by `earshot db upgrade`."""
     if settings.database_url.startswith("sqlite"):
         migrate.upgrade(url=settings.database_url)
+
+
+def database_settings() -> Settings:
+    """The settings of a command that uses the database, with the embedded database migrated."""
+    settings = get_settings()
+    ensure_embedded_db(settings)
+    return settings
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: a looping command finishes its round, then exits."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
