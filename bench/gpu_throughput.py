@@ -5,7 +5,7 @@ No download: the architecture comes from bench/gpu_af3.py's config (AF-Whisper e
 Qwen2.5-7B LLM) filled with random numbers; the tokenizer and feature extractor come from a
 tiny checkpoint built here (the prompts' token ids are all < 4000, valid rows of the big
 embedding table). Earshot's own runtime runs it: ``AF3Runtime.generate_batch`` with the
-batching policy of Triton's af3_llm (``earshot.triton.batching``), i.e. the steady state of
+batching policy of Triton's af3_llm (``earshot.af3.batching``), i.e. the steady state of
 a server whose dynamic batcher always has work queued. The Triton hop itself (gRPC, shared
 memory) is not in these figures.
 
@@ -104,9 +104,9 @@ def encode_all(runtime: Any, audios: Sequence[Any], max_windows: int = 40) -> li
 def run_mix(runtime: Any, calls: Sequence[throughput.Call], only_transcribe: bool = False) -> dict[str, Any]:
     """Every call's rows at once through the af3_llm batching policy; wall time incl. encoding."""
     from earshot import prompts
+    from earshot.af3.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_TOKENS, batches, row_length
     from earshot.af3.chat import Turn
     from earshot.af3.runtime import Row
-    from earshot.triton.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_TOKENS, batches, row_length
 
     sync = _sync(runtime.device)
     sync()

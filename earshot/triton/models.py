@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from earshot.af3.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_TOKENS, batches, row_length
 from earshot.af3.runtime import AF3Runtime, Row, window_token_counts
 from earshot.errors import EarshotError, InputError
 from earshot.triton import protocol as p
 from earshot.triton.backend import ModelArgs, load_stage
-from earshot.triton.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_TOKENS, batches, row_length
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_MAX_NEW_TOKENS_LIMIT = 4096

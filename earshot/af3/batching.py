@@ -1,7 +1,9 @@
-"""How af3_llm cuts the prompts of one dynamic batch into batched generates.
+"""How many prompts go through one batched generate, and which together.
 
-Kept free of Triton's python-backend module so the GPU benchmark applies the same policy to
-in-process runs, and so it can be checked anywhere.
+Triton's af3_llm applies it to every dynamic batch; the local engine can apply it to one
+call's rows, and the GPU benchmark to in-process runs. Without it, a call's 30 s speech-chunk
+prompts (~800 tokens) would be left-padded to its 600 s segment prompts (~15,000 tokens) and
+decode as long as the longest answer.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""af3_llm's batching policy: bounded runs of similar lengths, every prompt exactly once."""
+"""The batching policy (af3_llm, local engine): bounded runs of similar lengths, every prompt exactly once."""
 
 from __future__ import annotations
 
-from earshot.triton.batching import batches
+from earshot.af3.batching import batches
 
 
 def test_runs_are_bounded_sorted_by_length_and_lose_nothing() -> None:
