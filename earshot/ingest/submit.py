@@ -35,6 +35,7 @@ from earshot.errors import ConfigError, StorageError
 from earshot.ingest.filters import Reject, Skip
 from earshot.ingest.models import IngestReceipt
 from earshot.jobs.service import create_job, get_or_create, object_idempotency_key, reset_for_retry
+from earshot.tenants import DEFAULT_TENANT, tenant_for_source
 
 __all__ = [
     "Enqueue",
@@ -106,6 +107,8 @@ def submit_object(
     ref = obj.ref
     key = object_idempotency_key(obj.uri, obj.version, tasks)
     with session_scope(settings.database_url) as s:
+        # the tenant whose allow-list claims the object owns its job (issue 14); else the default
+        tenant_id = tenant_for_source(s, obj.uri) or DEFAULT_TENANT
         job, created = create_job(
             s,
             source=obj,
@@ -114,6 +117,7 @@ def submit_object(
             idempotency_key=key,
             output_prefix=output_prefix_for(settings, ref.bucket or ""),
             options={"output_stem": ref.key, "ingest_source": source},
+            tenant_id=tenant_id,
         )
         receipt = s.get(IngestReceipt, job.id) if not created else None
         if created or (receipt is None and job.status == "failed" and job.retryable):

@@ -17,6 +17,7 @@ from earshot.db.models import TERMINAL_STATUSES, AudioFile, Job, Segment
 from earshot.errors import EarshotError, InputError
 from earshot.prompts import TASKS
 from earshot.storage import ObjectInfo
+from earshot.tenants import DEFAULT_TENANT
 
 R = TypeVar("R")
 
@@ -84,21 +85,25 @@ def create_job(
     output_prefix: str | None = None,
     callback_url: str | None = None,
     options: dict[str, object] | None = None,
+    tenant_id: str = DEFAULT_TENANT,
+    request_fingerprint: str | None = None,
 ) -> tuple[Job, bool]:
     """Create a job, or return the existing one with the same idempotency key.
 
-    Returns (job, created). The unique constraint on the key makes this safe under races:
-    a duplicate event or a retried API call is a no-op.
+    Returns (job, created). The unique constraint on (tenant, key) makes this safe under
+    races: a duplicate event or a retried API call is a no-op. Keys are per tenant: another
+    tenant's same key is another job.
     """
     tasks = validate_tasks(tasks)
     key = idempotency_key or new_id()
-    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    same_key = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    existing = session.scalar(same_key)
     if existing is not None:
         return existing, False
     audio = _audio_file(session, source)
     return get_or_create(
         session,
-        select(Job).where(Job.idempotency_key == key),
+        same_key,
         lambda: Job(
             audio_file_id=audio.id,
             source_uri=source.uri,
@@ -110,6 +115,8 @@ def create_job(
             idempotency_key=key,
             output_prefix=output_prefix,
             callback_url=callback_url,
+            tenant_id=tenant_id,
+            request_fingerprint=request_fingerprint,
         ),
     )
 
