@@ -9,7 +9,8 @@ every variant times only the engine.
 
 Variants (one run, one table, ratios at the end):
   local unbatched    in-process, one generate per prompt (what every engine did before)
-  local batched      in-process, one batched generate per segment call
+  local batched      in-process, the segment call's asks cut by the batching policy
+                     (earshot.af3.batching: chunk prompts apart from segment prompts)
   triton serial      Triton without dynamic batching and one sequence per generate
                      (max_batch_rows=1): the serving path before batching
   triton dynamic     the shipped model repository: dynamic batching, batched generates
@@ -196,6 +197,26 @@ def batched(engine: Engine) -> Callable[[Call], Any]:
     return lambda call: engine.generate(call.asks, audios=call.audios)
 
 
+def batched_by_policy(engine: Engine, max_tokens: int) -> Callable[[Call], Any]:
+    """One engine call per run of the batching policy (earshot.af3.batching): the segment's
+    ~15,000-token prompts apart from its ~800-token chunk prompts, as af3_llm cuts them."""
+    from earshot.af3.batching import DEFAULT_MAX_BATCH_ROWS, batches
+
+    def length(call: Call, i: int) -> int:
+        audio = call.asks[i].audio
+        return (len(call.audios[audio]) * 25 // SR if audio is not None else 0) + 40
+
+    def work(call: Call) -> list[Any]:
+        out: list[Any] = [None] * len(call.asks)
+        for run in batches(list(range(len(call.asks))), DEFAULT_MAX_BATCH_ROWS, max_tokens, lambda i: length(call, i)):
+            gens = engine.generate([call.asks[i] for i in run], audios=call.audios)
+            for i, g in zip(run, gens, strict=True):
+                out[i] = g
+        return out
+
+    return work
+
+
 def llm_stats(url: str) -> tuple[int, int]:
     import tritonclient.grpc as grpcclient
 
@@ -205,11 +226,11 @@ def llm_stats(url: str) -> tuple[int, int]:
     return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
 
 
-def serve(repo_dir: Path, model_dir: Path, *, dynamic: bool, log: Path) -> Any:
+def serve(repo_dir: Path, model_dir: Path, *, dynamic: bool, log: Path, max_tokens: int) -> Any:
     from earshot.triton.repository import default_repository, prepare_repository
     from earshot.triton.server import TritonServer, free_port
 
-    params = {} if dynamic else {"max_batch_rows": "1"}
+    params = {"max_batch_tokens": str(max_tokens)} if dynamic else {"max_batch_rows": "1"}
     repo = prepare_repository(default_repository(), repo_dir, cpu=True, model_path=str(model_dir), parameters=params)
     if not dynamic:
         for name in ("af_whisper", "af3_llm"):
@@ -239,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-path", help="checkpoint (default: a tiny one built here)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in-process (Triton instances use 1)")
     ap.add_argument("--skip-triton", action="store_true")
+    ap.add_argument(
+        "--max-batch-tokens", type=int, default=65536,
+        help="padded prompt tokens per batched generate (CPU attention materialises rows x L^2: "
+        "the shipped GPU default 262144 runs a 24 GiB machine out of memory on 600 s segments)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -285,13 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     local = LocalEngine.from_settings(settings)
     baseline = calls[: args.baseline_calls] if args.baseline_calls else calls
     record("local unbatched", run_calls(unbatched(local), baseline, 1))
-    record("local batched", run_calls(batched(local), baseline, 1))
+    record("local batched", run_calls(batched_by_policy(local, args.max_batch_tokens), baseline, 1))
     del local
 
     if not args.skip_triton:
         serial_levels = [int(c) for c in args.serial_concurrency.split(",") if c.strip()]
         for name, dynamic, conc in (("triton serial", False, serial_levels), ("triton dynamic", True, levels)):
-            server = serve(tmp / name.replace(" ", "_"), model_dir, dynamic=dynamic, log=tmp / f"{name}.log")
+            server = serve(
+                tmp / name.replace(" ", "_"), model_dir, dynamic=dynamic, log=tmp / f"{name}.log",
+                max_tokens=args.max_batch_tokens,
+            )
             try:
                 engine = TritonEngine(settings.model_copy(update={"triton_url": server.grpc_url, "triton_timeout_s": 3600}))
                 engine.generate([Ask("Hello.", max_new_tokens=1)])  # warm the LLM stub
@@ -324,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "minutes": args.minutes, "repeat": args.repeat, "segments": len(calls), "rows": rows, "ratios": ratios,
         "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-        "threads": args.threads, "baseline_calls": len(baseline),
+        "threads": args.threads, "baseline_calls": len(baseline), "max_batch_tokens": args.max_batch_tokens,
     }
     out = args.json or (Path(os.environ["OUT"]) / "throughput.json" if os.environ.get("OUT") else None)
     if out:

@@ -16,6 +16,10 @@ import earshot
 from earshot.errors import ConfigError
 from earshot.triton.protocol import PARAM_MODEL_PATH
 
+# On CPU the attention mask of a padded batch is materialised as rows x L x L floats: a batch
+# of 600 s segment prompts (L ~ 15,000) within the GPU default of 262144 tokens needs ~15 GB.
+CPU_PARAMETERS = {"max_batch_tokens": "32768"}
+
 _PARAM_RE = r'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*")((?:[^"\\]|\\.)*)(")'
 
 
@@ -65,14 +69,15 @@ def prepare_repository(
     """Copy ``source`` to ``dest`` (replaced), rewriting each model's config.pbtxt.
 
     ``model_path`` sets the weights location of every model that has one; ``parameters``
-    sets any other string parameter where a model declares it.
+    sets any other string parameter where a model declares it. ``cpu`` turns instances into
+    CPU instances and applies ``CPU_PARAMETERS`` (memory bounds only, no behaviour).
     """
     if not model_names(source):
         raise ConfigError(f"{source} holds no model (no */config.pbtxt)", code="model_repository_not_found")
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    values = dict(parameters or {})
+    values = {**(CPU_PARAMETERS if cpu else {}), **(parameters or {})}
     if model_path is not None:
         values[PARAM_MODEL_PATH] = _absolute_if_local(model_path)
     for cfg in dest.glob("*/config.pbtxt"):
