@@ -9,11 +9,10 @@ import typer
 from rich.table import Table
 
 from earshot.auth import SCOPES, create_key, list_keys, revoke_key
-from earshot.config import get_settings
 from earshot.db.session import session_scope
 from earshot.errors import InputError
 from earshot.tenants import DEFAULT_TENANT
-from services.cli.common import console, ensure_embedded_db, err_console
+from services.cli.common import console, database_settings, err_console
 
 app = typer.Typer(help="API keys (stored hashed; a token is shown once).", no_args_is_help=True)
 
@@ -30,8 +29,7 @@ def create(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Create a key and print its token (the only time it is shown)."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     try:
         with session_scope(settings.database_url) as s:
             key, token = create_key(s, name=name, scopes=scope, tenant_id=tenant)
@@ -57,8 +55,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
     """List keys (never their tokens)."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope(settings.database_url) as s:
         rows = [
             {
@@ -86,8 +83,7 @@ def list_(
 @app.command("revoke")
 def revoke(key: Annotated[str, typer.Argument(help="Key id or prefix (ek_...)")]) -> None:
     """Revoke a key; requests with it fail from now on."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     try:
         with session_scope(settings.database_url) as s:
             found = revoke_key(s, key)

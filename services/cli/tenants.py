@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from earshot.config import get_settings
 from earshot.db.session import session_scope
 from earshot.errors import InputError
 from earshot.tenants import UNCHANGED, Tenant, create_tenant, get_tenant, list_tenants, update_tenant
@@ -17,7 +16,7 @@ from earshot.tenants.models import (
     DEFAULT_MAX_CONCURRENT_JOBS,
     DEFAULT_REQUESTS_PER_MINUTE,
 )
-from services.cli.common import console, ensure_embedded_db, err_console
+from services.cli.common import console, database_settings, err_console
 
 app = typer.Typer(
     help="Tenants: every API key acts for one; each has source allow-lists and quotas.",
@@ -83,8 +82,7 @@ def create(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Create a tenant (then `earshot keys create --tenant ID`)."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     try:
         with session_scope(settings.database_url) as s:
             row = _row(create_tenant(
@@ -102,8 +100,7 @@ def create(
 @app.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False) -> None:
     """Every tenant with its allow-list and quotas."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope(settings.database_url) as s:
         rows = [_row(t) for t in list_tenants(s)]
     _print(rows, as_json)
@@ -115,8 +112,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """One tenant."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope(settings.database_url) as s:
         tenant = get_tenant(s, tenant_id)
         row = _row(tenant) if tenant is not None else None
@@ -140,8 +136,7 @@ def update(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Change a tenant's allow-list or quotas (options left out stay as they are)."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     try:
         with session_scope(settings.database_url) as s:
             row = _row(update_tenant(
