@@ -194,6 +194,9 @@ class AF3Runtime:
         self.gate = ModeGate(self._switch_think)
         # extra generate() arguments for every call (e.g. a static cache for compiled decoding)
         self.decode_kwargs: dict[str, Any] = {}
+        # batching: rows per generate, and how unequal prompt lengths may be in one batch
+        self.max_batch_rows = 64
+        self.max_batch_ratio = 1.5
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "auto", dtype: str = "auto") -> AF3Runtime:
@@ -321,11 +324,16 @@ class AF3Runtime:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         return expand_sound_tokens(ids, self.sound_id, clips)
 
-    def _batch_inputs(self, rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def row_ids(self, row: Row) -> list[int]:
+        return self.prompt_ids(row.prompt, [int(e.shape[0]) for e in row.audio_embeds])
+
+    def _batch_inputs(
+        self, rows: Sequence[Row], ids: Sequence[list[int]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Left-padded inputs_embeds with each row's audio at its ``<sound>`` positions."""
         import torch
 
-        ids = [self.prompt_ids(r.prompt, [int(e.shape[0]) for e in r.audio_embeds]) for r in rows]
+        ids = [self.row_ids(r) for r in rows] if ids is None else ids
         width = max(len(i) for i in ids)
         padded = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)
@@ -355,7 +363,15 @@ class AF3Runtime:
         kwargs.update(self.decode_kwargs)
         return kwargs
 
-    def _run(self, rows: Sequence[Row], temperature: float, *, adapter: bool, streamer: Any = None) -> list[Generation]:
+    def _run(
+        self,
+        rows: Sequence[Row],
+        temperature: float,
+        *,
+        adapter: bool,
+        streamer: Any = None,
+        ids: Sequence[list[int]] | None = None,
+    ) -> list[Generation]:
         """One generate over ``rows`` (all of one think mode); the caller holds the gate."""
         import torch
         from transformers import StoppingCriteriaList
@@ -363,7 +379,7 @@ class AF3Runtime:
         for r in rows:
             if r.max_new_tokens < 1:
                 raise InputError(f"max_new_tokens must be >= 1, got {r.max_new_tokens}", code="bad_request")
-        embeds, attn, prompt_lens = self._batch_inputs(rows)
+        embeds, attn, prompt_lens = self._batch_inputs(rows, ids)
         limits = [r.max_new_tokens for r in rows]
         with torch.inference_mode():
             out = self.model.generate(
@@ -391,17 +407,40 @@ class AF3Runtime:
         return results
 
     def generate_batch(self, rows: Sequence[Row], *, temperature: float = 0.0) -> list[Generation]:
-        """Answer every row; one ``generate`` per think mode present, answers in row order."""
+        """Answer every row, in row order: one ``generate`` per group of rows that share a
+        think mode and a similar prompt length (see :meth:`batch_groups`)."""
         results: list[Generation | None] = [None] * len(rows)
         for mode in (False, True):
             idx = [i for i, r in enumerate(rows) if bool(r.think and self.think_loaded) == mode]
             if not idx:
                 continue
+            ids = {i: self.row_ids(rows[i]) for i in idx}
             with self.gate.hold(mode):
-                answers = self._run([rows[i] for i in idx], temperature, adapter=mode)
-            for i, answer in zip(idx, answers, strict=True):
-                results[i] = answer
+                for group in self.batch_groups(idx, {i: len(t) for i, t in ids.items()}):
+                    answers = self._run(
+                        [rows[i] for i in group], temperature, adapter=mode, ids=[ids[i] for i in group]
+                    )
+                    for i, answer in zip(group, answers, strict=True):
+                        results[i] = answer
         return [r for r in results if r is not None]
+
+    def batch_groups(self, idx: Sequence[int], lengths: dict[int, int]) -> list[list[int]]:
+        """Rows sorted by prompt length, cut where padding would waste compute: a group's
+        longest prompt is at most ``max_batch_ratio`` times its shortest, and it holds at most
+        ``max_batch_rows`` rows. A segment's 600 s prompt (15,000 audio tokens) and its 30 s
+        chunk prompts (750) never share a padded batch."""
+        groups: list[list[int]] = []
+        for i in sorted(idx, key=lambda k: lengths[k]):
+            group = groups[-1] if groups else None
+            if (
+                group is None
+                or len(group) >= self.max_batch_rows
+                or lengths[i] > self.max_batch_ratio * lengths[group[0]]
+            ):
+                groups.append([i])
+            else:
+                group.append(i)
+        return groups
 
     def generate(
         self,

@@ -86,3 +86,14 @@ def test_the_engine_encodes_each_audio_once_and_answers_in_ask_order(tiny_model_
     assert together[2].new_tokens <= 4 and together[3].new_tokens <= 6
     with pytest.raises(InputError):
         engine.generate([Ask("x", audio=2)], audios=audios)
+
+
+def test_rows_of_very_different_lengths_are_not_padded_together(runtime: AF3Runtime) -> None:
+    # a 600 s segment prompt (~15,000 tokens) next to 30 s chunk prompts (~780) and text (~60)
+    lengths = {0: 800, 1: 15030, 2: 790, 3: 820, 4: 60, 5: 14900, 6: 810}
+    groups = runtime.batch_groups(list(lengths), lengths)
+    assert sorted(i for g in groups for i in g) == sorted(lengths)
+    assert groups == [[4], [2, 0, 6, 3], [5, 1]]
+    for group in groups:
+        assert max(lengths[i] for i in group) <= runtime.max_batch_ratio * min(lengths[i] for i in group)
+        assert len(group) <= runtime.max_batch_rows
