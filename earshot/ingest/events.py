@@ -20,11 +20,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["MAX_BODY_BYTES", "MAX_RECORDS", "BadMessage", "ObjectEvent", "ParsedMessage", "parse_message", "parse_time"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_RECORDS",
+    "BadMessage",
+    "ObjectEvent",
+    "ParsedMessage",
+    "parse_message",
+    "parse_time",
+    "sns_fresh",
+]
 
 MAX_BODY_BYTES = 1024 * 1024
 # S3 sends one record per message; a message with thousands is an attempt to fan out work
@@ -80,6 +89,19 @@ def parse_time(value: object) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def sns_fresh(doc: Mapping[str, Any], *, now: datetime, max_age_s: float, max_skew_s: float) -> bool:
+    """Whether an SNS message's signed ``Timestamp`` is at most ``max_age_s`` old and not ahead
+    of ``now`` by more than ``max_skew_s``: a captured message cannot be replayed later.
+
+    Only for messages pushed over HTTP; on a queue, a backlog makes old messages legitimate.
+    """
+    sent = parse_time(doc.get("Timestamp"))
+    if sent is None or sent.tzinfo is None:
+        return False
+    age = now - sent
+    return timedelta(seconds=-max_skew_s) <= age <= timedelta(seconds=max_age_s)
 
 
 def _decode(body: bytes | str) -> Any:

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,7 +55,7 @@ from earshot.callbacks.signing import sign as hmac_signature
 from earshot.config import Settings
 from earshot.errors import ConfigError
 from earshot.ingest.bridge import Bridge, Delivery
-from earshot.ingest.events import MAX_BODY_BYTES, parse_time
+from earshot.ingest.events import MAX_BODY_BYTES, sns_fresh
 from earshot.listeners import ListenerLimits, make_server
 
 __all__ = [
@@ -319,18 +319,6 @@ class WebhookServer:
         expected = hmac_signature(_signed_payload(timestamp, body), secret)
         return hmac.compare_digest(signature.encode(), expected.encode())
 
-    def _sns_fresh(self, doc: Mapping[str, Any]) -> bool:
-        sent = parse_time(doc.get("Timestamp"))
-        if sent is None or sent.tzinfo is None:
-            return False
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        age = now - sent
-        return (
-            timedelta(seconds=-self.settings.ingest_webhook_max_skew_s)
-            <= age
-            <= timedelta(seconds=self.settings.ingest_sns_max_age_s)
-        )
-
     def _sns_ok(self, doc: Mapping[str, Any]) -> bool:
         topics = self.settings.ingest_sns_topic_arns
         if not self.settings.ingest_sns_verify or not topics:
@@ -338,7 +326,12 @@ class WebhookServer:
         if doc.get("TopicArn") not in topics:
             log.warning("SNS message from topic %s, which is not allowed", doc.get("TopicArn"))
             return False
-        if not self._sns_fresh(doc):
+        if not sns_fresh(
+            doc,
+            now=datetime.fromtimestamp(self._clock(), UTC),
+            max_age_s=self.settings.ingest_sns_max_age_s,
+            max_skew_s=self.settings.ingest_webhook_max_skew_s,
+        ):
             log.warning("SNS message %s refused: Timestamp %s is stale or in the future",
                         doc.get("MessageId"), doc.get("Timestamp"))
             return False
