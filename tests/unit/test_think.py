@@ -215,3 +215,18 @@ def test_mismatched_lora_is_refused_with_a_reason(tmp_path: Path, tiny_model_dir
     assert think_layers(rt.model) == [] or not adapter_active(rt.model)
     # the base model still answers
     assert isinstance(rt.generate(single_turn(rt.tokenizer, "Hi", n_audio=0), max_new_tokens=3).text, str)
+
+
+def test_init_tiny_command_writes_the_release_layout(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli.main import app
+
+    out = tmp_path / "tiny"
+    result = CliRunner().invoke(app, ["model", "init-tiny", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("chat_template.jinja", "generation_config.json", "preprocessor_config.json",
+                 "think/adapter_config.json", "think/adapter_model.safetensors", f"think/{NON_LORA_FILE}"):
+        assert (out / name).is_file(), name
+    assert CliRunner().invoke(app, ["model", "init-tiny", str(tmp_path / "plain"), "--no-think"]).exit_code == 0
+    assert not (tmp_path / "plain" / "think").exists()
