@@ -25,21 +25,40 @@ def row_length(row: Any) -> int:
     return sum(int(e.shape[0]) for e in row.audio_embeds) + len(row.prompt) // 3 + 1
 
 
-def batches(items: Sequence[T], max_rows: int, max_tokens: int, length: Callable[[T], int]) -> list[list[T]]:
-    """``items`` sorted by length and cut into runs of at most ``max_rows`` rows and at most
-    ``max_tokens`` prompt tokens once padded to the run's longest (an over-long item runs alone).
+# Longest prompt of a run over its shortest: more would spend most of the run on padding.
+DEFAULT_MAX_LENGTH_RATIO = 1.5
 
-    Sorting keeps similar lengths together: a 30 s chunk's prompt is ~800 tokens, a 600 s
-    segment's ~15,000; batched with each other, the chunks would be padded to the segment.
+
+def batches(
+    items: Sequence[T],
+    max_rows: int,
+    max_tokens: int,
+    length: Callable[[T], int],
+    *,
+    max_ratio: float = DEFAULT_MAX_LENGTH_RATIO,
+) -> list[list[T]]:
+    """``items`` sorted by length and cut into runs of at most ``max_rows`` rows, at most
+    ``max_tokens`` prompt tokens once padded to the run's longest (an over-long item runs
+    alone), and a longest prompt at most ``max_ratio`` times the run's shortest.
+
+    Sorting and the ratio keep similar lengths together: a 30 s chunk's prompt is ~800
+    tokens, a 600 s segment's ~15,000; batched with each other, the chunks would be padded to
+    the segment whatever the token bound.
     """
     out: list[list[T]] = []
     run: list[T] = []
-    longest = 0
+    longest = shortest = 0
     for item in sorted(items, key=length):
         n = length(item)
-        if run and (len(run) + 1 > max_rows or (len(run) + 1) * max(longest, n) > max_tokens):
+        if run and (
+            len(run) + 1 > max_rows
+            or (len(run) + 1) * max(longest, n) > max_tokens
+            or n > max_ratio * max(shortest, 1)
+        ):
             out.append(run)
             run, longest = [], 0
+        if not run:
+            shortest = n
         run.append(item)
         longest = max(longest, n)
     if run:

@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from earshot.af3 import think as think_adapter
+from earshot.af3.batching import (
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_LENGTH_RATIO,
+    batches,
+)
 from earshot.af3.chat import SOUND_TOKEN, Turn, render
 from earshot.af3.generation import Generation
 from earshot.errors import ConfigError, InputError
@@ -194,9 +200,10 @@ class AF3Runtime:
         self.gate = ModeGate(self._switch_think)
         # extra generate() arguments for every call (e.g. a static cache for compiled decoding)
         self.decode_kwargs: dict[str, Any] = {}
-        # batching: rows per generate, and how unequal prompt lengths may be in one batch
-        self.max_batch_rows = 64
-        self.max_batch_ratio = 1.5
+        # batching: rows, padded prompt tokens and longest/shortest prompt per generate
+        self.max_batch_rows = DEFAULT_MAX_BATCH_ROWS
+        self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
+        self.max_batch_ratio = DEFAULT_MAX_LENGTH_RATIO
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str = "auto", dtype: str = "auto") -> AF3Runtime:
@@ -407,40 +414,27 @@ class AF3Runtime:
         return results
 
     def generate_batch(self, rows: Sequence[Row], *, temperature: float = 0.0) -> list[Generation]:
-        """Answer every row, in row order: one ``generate`` per group of rows that share a
-        think mode and a similar prompt length (see :meth:`batch_groups`)."""
+        """Answer every row, in row order: one ``generate`` per run of rows that share a think
+        mode and a similar prompt length (``earshot.af3.batching.batches``: a 600 s segment's
+        prompt and its 30 s chunk prompts are never padded into one batch)."""
         results: list[Generation | None] = [None] * len(rows)
         for mode in (False, True):
             idx = [i for i, r in enumerate(rows) if bool(r.think and self.think_loaded) == mode]
             if not idx:
                 continue
             ids = {i: self.row_ids(rows[i]) for i in idx}
+            lengths = {i: len(t) for i, t in ids.items()}
             with self.gate.hold(mode):
-                for group in self.batch_groups(idx, {i: len(t) for i, t in ids.items()}):
+                for group in batches(
+                    idx, self.max_batch_rows, self.max_batch_tokens, lengths.__getitem__,
+                    max_ratio=self.max_batch_ratio,
+                ):
                     answers = self._run(
                         [rows[i] for i in group], temperature, adapter=mode, ids=[ids[i] for i in group]
                     )
                     for i, answer in zip(group, answers, strict=True):
                         results[i] = answer
         return [r for r in results if r is not None]
-
-    def batch_groups(self, idx: Sequence[int], lengths: dict[int, int]) -> list[list[int]]:
-        """Rows sorted by prompt length, cut where padding would waste compute: a group's
-        longest prompt is at most ``max_batch_ratio`` times its shortest, and it holds at most
-        ``max_batch_rows`` rows. A segment's 600 s prompt (15,000 audio tokens) and its 30 s
-        chunk prompts (750) never share a padded batch."""
-        groups: list[list[int]] = []
-        for i in sorted(idx, key=lambda k: lengths[k]):
-            group = groups[-1] if groups else None
-            if (
-                group is None
-                or len(group) >= self.max_batch_rows
-                or lengths[i] > self.max_batch_ratio * lengths[group[0]]
-            ):
-                groups.append([i])
-            else:
-                group.append(i)
-        return groups
 
     def generate(
         self,
