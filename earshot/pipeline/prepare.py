@@ -25,6 +25,7 @@ from earshot.errors import AudioError, InputError, StorageError
 from earshot.jobs.failures import Superseded
 from earshot.jobs.outputs import scratch_prefix
 from earshot.jobs.service import claim_running, pinned_version
+from earshot.tenants import QuotaExceeded, check_audio_budget
 
 log = logging.getLogger("earshot.prepare")
 
@@ -71,6 +72,16 @@ def _short_note(job_id: str, uri: str, decoded_s: float, header_s: float | None)
     )
 
 
+def _check_audio_budget(settings: Settings, tenant_id: str, job_id: str, duration_s: float) -> None:
+    """The tenant's daily audio quota, now that the length is known (the API could not know it)."""
+    with session_scope(settings.database_url) as s:
+        try:
+            check_audio_budget(s, tenant_id, job_id, duration_s)
+        except QuotaExceeded as exc:
+            # a readable failure, not an outage to retry: `earshot jobs retry` once the day frees up
+            raise InputError(exc.message, code="quota_exceeded") from exc
+
+
 def prepare_job(job_id: str, settings: Settings) -> list[int]:
     """Split the job's audio into segments; return the indices still to analyze.
 
@@ -85,6 +96,7 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
             return [seg.index for seg in job.segments if seg.status != "done"]
         source = pinned_version(job.audio_file)
         audio_file_id = job.audio_file_id
+        tenant_id = job.tenant_id
 
     info = _check_version(source)
     if info.size == 0:
@@ -102,6 +114,8 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
         local = Path(tmp) / f"input{suffix}"
         _download(source, local)
         audio_info = probe(local, max_duration_s=settings.max_duration_s)
+        if audio_info.duration_s is not None:
+            _check_audio_budget(settings, tenant_id, job_id, audio_info.duration_s)
         sha = _sha256(local)
         for seg in segment_stream(
             decode_stream(local, max_duration_s=settings.max_duration_s),
