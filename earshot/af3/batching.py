@@ -18,6 +18,8 @@ DEFAULT_MAX_BATCH_ROWS = 64
 # Padded prompt tokens per batched generate (rows x longest prompt): bounds prefill and KV
 # memory; 262144 is about 15 GB of bf16 KV cache for the 7B LLM.
 DEFAULT_MAX_BATCH_TOKENS = 262144
+# On CPU the padded batch's attention mask is materialised (rows x L x L floats).
+CPU_MAX_BATCH_TOKENS = 32768
 
 
 def row_length(row: Any) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 from earshot.af3 import think as think_adapter
 from earshot.af3.batching import (
+    CPU_MAX_BATCH_TOKENS,
     DEFAULT_MAX_BATCH_ROWS,
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_LENGTH_RATIO,
@@ -202,7 +203,7 @@ class AF3Runtime:
         self.decode_kwargs: dict[str, Any] = {}
         # batching: rows, padded prompt tokens and longest/shortest prompt per generate
         self.max_batch_rows = DEFAULT_MAX_BATCH_ROWS
-        self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS
+        self.max_batch_tokens = DEFAULT_MAX_BATCH_TOKENS if device.startswith("cuda") else CPU_MAX_BATCH_TOKENS
         self.max_batch_ratio = DEFAULT_MAX_LENGTH_RATIO
 
     @classmethod

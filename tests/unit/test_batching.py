@@ -89,13 +89,13 @@ def test_the_engine_encodes_each_audio_once_and_answers_in_ask_order(tiny_model_
 
 
 def test_rows_of_very_different_lengths_are_not_padded_together(runtime: AF3Runtime) -> None:
-    from earshot.af3.batching import batches
+    from earshot.af3.batching import DEFAULT_MAX_BATCH_TOKENS, batches
 
     # a 600 s segment prompt (~15,000 tokens) next to 30 s chunk prompts (~780) and text (~60):
     # the token bound alone would let them share a batch; the length ratio keeps them apart
     lengths = {0: 800, 1: 15030, 2: 790, 3: 820, 4: 60, 5: 14900, 6: 810}
-    groups = batches(list(lengths), runtime.max_batch_rows, runtime.max_batch_tokens, lengths.__getitem__,
+    groups = batches(list(lengths), runtime.max_batch_rows, DEFAULT_MAX_BATCH_TOKENS, lengths.__getitem__,
                      max_ratio=runtime.max_batch_ratio)
-    assert sum(lengths.values()) * 2 < runtime.max_batch_tokens
+    assert sum(lengths.values()) * 2 < DEFAULT_MAX_BATCH_TOKENS
     assert sorted(i for g in groups for i in g) == sorted(lengths)
     assert groups == [[4], [2, 0, 6, 3], [5, 1]]
