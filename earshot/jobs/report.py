@@ -25,9 +25,10 @@ from earshot.results import (
 
 def _notes(options: dict[str, Any]) -> list[str]:
     notes: list[str] = []
-    think = options.get("think")
-    if isinstance(think, dict) and think.get("note"):
-        notes.append(str(think["note"]))
+    for name in ("think", "short_audio"):  # short_audio: decoded far less than the header said
+        found = options.get(name)
+        if isinstance(found, dict) and found.get("note"):
+            notes.append(str(found["note"]))
     cut = truncated_counts(options)
     if cut:
         notes.append(truncation_note(cut))
