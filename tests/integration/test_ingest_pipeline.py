@@ -196,13 +196,31 @@ def test_dropped_notification_is_found_by_the_reconciler(
     assert count_jobs(s3_bucket) == 1
 
 
+def _mp3(seconds: float) -> bytes:
+    import io
+
+    import av
+    import numpy as np
+
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp3") as container:
+        stream = container.add_stream("mp3", rate=16000)
+        stream.layout = "mono"
+        t = np.arange(int(16000 * seconds)) / 16000
+        frame = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 200 * t)).astype("float32").reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return out.getvalue()
+
+
 def test_empty_upload_fails_visibly_and_a_truncated_one_succeeds_with_a_note(
     ingest_env: Settings, workers: Workers, moto_server: str, s3_bucket: str,
 ) -> None:
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.put_object(Bucket=s3_bucket, Key="empty.wav", Body=b"")
-    full = make_wav(8.0, 81)
-    client.put_object(Bucket=s3_bucket, Key="cut.wav", Body=full[: 44 + 2 * 16000 * 2])  # header: 8 s; data: 2 s
+    full = _mp3(8.0)  # its Xing header says 8 s
+    client.put_object(Bucket=s3_bucket, Key="cut.mp3", Body=full[: len(full) // 4])  # about 2 s of frames
     report = scan(f"s3://{s3_bucket}/", settings=ingest_env, enqueue=celery_enqueue(ingest_env))
     assert len(report.enqueued) == 2
 
@@ -212,12 +230,12 @@ def test_empty_upload_fails_visibly_and_a_truncated_one_succeeds_with_a_note(
 
     done = wait_until(finished, 120, 0.3, "both jobs to finish")
     by_key = {j.source_uri.rsplit("/", 1)[1]: j for j in done}
-    empty, cut = by_key["empty.wav"], by_key["cut.wav"]
+    empty, cut = by_key["empty.wav"], by_key["cut.mp3"]
     assert empty.status == "failed" and empty.error_code == "empty_file" and not empty.retryable
     assert cut.status == "succeeded"
     report_json = json.loads(storage.read_bytes(cut.options["outputs"]["json"]))
     [note] = [n for n in report_json["notes"] if "header says" in n]
-    assert cut.id in note and f"s3://{s3_bucket}/cut.wav" in note and "8.0 s" in note
+    assert cut.id in note and f"s3://{s3_bucket}/cut.mp3" in note and "8.0 s" in note
 
 
 def test_worker_killed_mid_job_still_finishes_once(
