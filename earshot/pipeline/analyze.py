@@ -15,6 +15,7 @@ from earshot.config import Settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.engines.base import Engine
+from earshot.jobs.service import active_job
 from earshot.jobs.store import save_segment_results
 
 
@@ -22,8 +23,8 @@ def analyze_segment(job_id: str, index: int, engine: Engine, *, settings: Settin
     """Analyze one segment. Returns True when every segment of the job is done."""
     t0 = time.monotonic()
     with session_scope(settings.database_url) as s:
-        job = s.get(m.Job, job_id)
-        if job is None or job.status in m.TERMINAL_STATUSES:
+        job = active_job(s, job_id)
+        if job is None:
             return False
         seg = s.scalar(select(m.Segment).where(m.Segment.job_id == job_id, m.Segment.index == index))
         if seg is None or seg.scratch_uri is None:
@@ -45,8 +46,8 @@ def analyze_segment(job_id: str, index: int, engine: Engine, *, settings: Settin
 
     with session_scope(settings.database_url) as s:
         # row lock: segments finishing together must not lose each other's counts
-        job = s.get(m.Job, job_id, with_for_update=True)
-        if job is None or job.status in m.TERMINAL_STATUSES:
+        job = active_job(s, job_id, lock=True)
+        if job is None:
             return False
         save_segment_results(s, job_id=job_id, segment_index=index, analysis=analysis)
         seg = s.scalar(select(m.Segment).where(m.Segment.job_id == job_id, m.Segment.index == index))
