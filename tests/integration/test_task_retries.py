@@ -118,3 +118,40 @@ def test_bad_input_is_not_retried(fast_retries: Settings) -> None:
     with session_scope() as s:
         job = s.get(m.Job, job_id)
         assert job is not None and job.status == "failed" and job.error_code == "not_audio"
+
+
+def test_a_task_that_cannot_record_its_outcome_gives_its_message_back(fast_retries: Settings) -> None:
+    """The database is gone when the job should be marked failed: reject + requeue, never ack."""
+    from celery.exceptions import Reject
+
+    from workers.tasks import _end
+
+    job_id = _job()
+    unreachable = fast_retries.model_copy(
+        update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2"}
+    )
+    with pytest.raises(Reject) as info:
+        _end(job_id, "failed", AudioError("not an audio file", code="not_audio"), unreachable)
+    assert info.value.requeue is True
+    with session_scope() as s:
+        job = s.get(m.Job, job_id)
+        assert job is not None and job.status == "queued"  # untouched: the redelivery decides
+
+
+def test_a_running_step_renews_its_lease(fast_retries: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = apply_env(monkeypatch, job_heartbeat_s="0.2")
+    job_id = _job()
+    with session_scope() as s:
+        job = s.get(m.Job, job_id)
+        assert job is not None and job.heartbeat_at is None
+    seen: list[object] = []
+
+    def slow_step() -> str:
+        time.sleep(1.0)
+        with session_scope() as s:
+            seen.append(s.get(m.Job, job_id).heartbeat_at)  # type: ignore[union-attr]
+        return "done"
+
+    assert settings.job_heartbeat_s == 0.2
+    assert _run(slow_step, job_id) == "done"
+    assert seen[0] is not None  # renewed while the step ran, by the lease thread
