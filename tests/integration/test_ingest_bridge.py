@@ -350,3 +350,46 @@ def test_reconciler_enqueues_only_what_has_no_job(
     client.put_object(Bucket=s3_bucket, Key="in/h1.wav", Body=make_wav(0.5, 44))
     assert len(scan(prefix, settings=ingest_env, enqueue=enqueue).enqueued) == 1
     assert count_jobs(s3_bucket) == 3
+
+
+def test_an_outage_failure_is_revived_by_the_scan_and_by_a_reupload(
+    ingest_env: Settings, moto_server: str, s3_bucket: str
+) -> None:
+    """A job that failed on an outage is not a verdict: seeing its object again retries it."""
+    from earshot.errors import StorageError
+    from earshot.jobs.service import fail_job
+
+    client = s3(moto_server)
+    body = make_wav(0.5, 44)
+    client.put_object(Bucket=s3_bucket, Key="in/o1.wav", Body=body)
+    sent: list[str] = []
+    prefix = f"s3://{s3_bucket}/"
+    [(_, job_id)] = scan(prefix, settings=ingest_env, enqueue=sent.append).enqueued
+    assert sent == [job_id]
+
+    def fail_on_outage() -> None:
+        down = StorageError("S3 was unreachable for longer than the task window")
+        down.retryable = True
+        with session_scope() as s:
+            s.get(m.Job, job_id).status = "running"  # type: ignore[union-attr]
+        with session_scope() as s:
+            fail_job(s, job_id, down, settings=ingest_env, retryable=True)
+
+    fail_on_outage()
+    again = scan(prefix, settings=ingest_env, enqueue=sent.append)
+    assert [j for _, j in again.enqueued] == [job_id] and sent == [job_id, job_id]
+    with session_scope() as s:
+        job = s.get(m.Job, job_id)
+        assert job is not None and job.status == "queued" and not job.retryable
+    # the same bytes uploaded again (same etag): the event path revives it too
+    fail_on_outage()
+    client.put_object(Bucket=s3_bucket, Key="in/o1.wav", Body=body)
+    from earshot.ingest.bridge import Bridge, Delivery
+
+    event = json.dumps({"Records": [{
+        "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": s3_bucket}, "object": {"key": "in/o1.wav", "size": len(body)}},
+    }]}).encode()
+    outcome = Bridge(ingest_env, enqueue=sent.append).handle(Delivery(body=event, source="sqs:test"))
+    assert outcome.action == "ack" and outcome.jobs[0].job_id == job_id and sent[-1] == job_id and len(sent) == 3
+    assert count_jobs(s3_bucket) == 1  # one job per version, revived, never duplicated
