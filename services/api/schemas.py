@@ -13,7 +13,7 @@ from earshot.prompts import TASKS
 TaskName = Literal["transcribe", "caption", "events", "summarize", "think", "speak"]
 assert set(TASKS) == set(TaskName.__args__)  # type: ignore[attr-defined]
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "superseded"]
 ExportName = Literal["json", "srt", "vtt", "txt", "md"]
 
 JOB_ID_EXAMPLE = "0b8e2a52-5a8e-4f38-9d1e-1f6f3f1c2b7a"
