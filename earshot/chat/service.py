@@ -47,6 +47,7 @@ from earshot.engines.base import Engine, Generation
 from earshot.errors import EarshotError, InputError
 from earshot.grounding import format_time
 from earshot.reduce import clip_text
+from earshot.tenants import DEFAULT_TENANT
 
 log = logging.getLogger("earshot.chat")
 
@@ -114,9 +115,10 @@ class StreamEvent:
 # ---- clips --------------------------------------------------------------------------------
 
 
-def _job(session: Session, job_id: str) -> m.Job:
+def _job(session: Session, job_id: str, scope: str | None = None) -> m.Job:
     job = session.get(m.Job, job_id) if len(job_id) <= 64 else None
-    if job is None:
+    # another tenant's job reads exactly like a missing one, before its status says anything
+    if job is None or (scope is not None and job.tenant_id != scope):
         raise InputError(f"no job {job_id[:64]}", code="job_not_found")
     if job.status != "succeeded":
         raise InputError(
@@ -133,9 +135,9 @@ def _file_summary(session: Session, job_id: str) -> str | None:
     return row.text if row is not None and row.text.strip() else None
 
 
-def plan_clip(session: Session, ref: ClipIn, *, settings: Settings) -> ClipPlan:
+def plan_clip(session: Session, ref: ClipIn, *, settings: Settings, scope: str | None = None) -> ClipPlan:
     """Check a requested clip against its job and the limits; default to a window at 0."""
-    job = _job(session, ref.job_id)
+    job = _job(session, ref.job_id, scope)
     duration = job.audio_file.duration_s if job.audio_file and job.audio_file.duration_s else None
     if duration is None and job.segments:
         duration = job.segments[-1].end_s
@@ -230,12 +232,21 @@ def clip_audio(clip: ClipPlan | ConversationClip) -> np.ndarray:
 
 
 def create_conversation(
-    session: Session, *, settings: Settings, title: str | None = None, clips: Sequence[ClipIn] = ()
+    session: Session,
+    *,
+    settings: Settings,
+    title: str | None = None,
+    clips: Sequence[ClipIn] = (),
+    tenant_id: str = DEFAULT_TENANT,
+    scope: str | None = None,
 ) -> Conversation:
-    """A new conversation; its clips wait for the first question."""
-    plans = [plan_clip(session, c, settings=settings) for c in clips]
+    """A new conversation of ``tenant_id``; its clips (jobs visible in ``scope``, None: all
+    tenants) wait for the first question."""
+    plans = [plan_clip(session, c, settings=settings, scope=scope) for c in clips]
     _check_audio_budget(0.0, plans, settings)
-    conv = Conversation(title=title, turn_count=0, clip_count=len(plans), audio_s=0.0, options={})
+    conv = Conversation(
+        title=title, turn_count=0, clip_count=len(plans), audio_s=0.0, options={}, tenant_id=tenant_id
+    )
     session.add(conv)
     session.flush()
     for i, plan in enumerate(plans):
@@ -245,21 +256,23 @@ def create_conversation(
     return conv
 
 
-def get_conversation(session: Session, conversation_id: str) -> Conversation:
+def get_conversation(session: Session, conversation_id: str, *, scope: str | None = None) -> Conversation:
+    """The conversation; ``scope`` (a tenant id, None: every tenant) hides other tenants' ones."""
     conv = session.get(Conversation, conversation_id) if len(conversation_id) <= 64 else None
-    if conv is None:
+    if conv is None or (scope is not None and conv.tenant_id != scope):
         raise ConversationNotFound(f"no conversation {conversation_id[:64]}")
     return conv
 
 
-def list_conversations(session: Session, *, limit: int = 50) -> list[Conversation]:
-    return list(
-        session.scalars(select(Conversation).order_by(Conversation.updated_at.desc()).limit(limit))
-    )
+def list_conversations(session: Session, *, limit: int = 50, scope: str | None = None) -> list[Conversation]:
+    q = select(Conversation).order_by(Conversation.updated_at.desc()).limit(limit)
+    if scope is not None:
+        q = q.where(Conversation.tenant_id == scope)
+    return list(session.scalars(q))
 
 
-def delete_conversation(session: Session, conversation_id: str) -> None:
-    session.delete(get_conversation(session, conversation_id))
+def delete_conversation(session: Session, conversation_id: str, *, scope: str | None = None) -> None:
+    session.delete(get_conversation(session, conversation_id, scope=scope))
 
 
 def _clip_row(conversation_id: str, idx: int, turn_seq: int | None, plan: ClipPlan) -> ConversationClip:
@@ -341,13 +354,14 @@ def prepare_turn(
     think: bool = False,
     speak: bool = False,
     max_new_tokens: int | None = None,
+    scope: str | None = None,
 ) -> PreparedTurn:
     """Validate a question and rebuild the whole conversation as turns + audio in order."""
     question = question.strip()
     if not question:
         raise InputError("the question is empty", code="empty_question")
-    conv = get_conversation(session, conversation_id)
-    plans = [plan_clip(session, c, settings=settings) for c in clips]
+    conv = get_conversation(session, conversation_id, scope=scope)
+    plans = [plan_clip(session, c, settings=settings, scope=scope) for c in clips]
     _check_audio_budget(conv.audio_s, plans, settings)
 
     by_turn: dict[int | None, list[ConversationClip]] = {}

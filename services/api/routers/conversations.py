@@ -42,7 +42,7 @@ from earshot.config import Settings
 from earshot.db.session import session_scope
 from earshot.engines.base import Engine
 from earshot.errors import EarshotError, EngineError, InputError, StorageError
-from services.api.deps import ReadKey, SettingsDep, SubmitKey, answer, in_thread
+from services.api.deps import ReadKey, SettingsDep, SubmitKey, answer, in_thread, tenant_scope
 from services.api.problems import ApiProblem, responses
 
 # every route needs a key: document the answers without one or with the wrong scope
@@ -104,10 +104,12 @@ def _answer(
     body: ConversationCreate | TurnCreate,
     question: str,
     with_clips: bool,
+    scope: str | None,
 ) -> AnswerOut | StreamingResponse:
     with _problems():
         prepared = service.prepare_turn(
             session,
+            scope=scope,
             conversation_id=conversation_id,
             question=question,
             settings=settings,
@@ -169,22 +171,29 @@ _ERRORS = {
     responses={200: _STREAM_DOC, **_ERRORS},  # type: ignore[dict-item]
 )
 async def create_conversation(
-    body: ConversationCreate, _key: SubmitKey, settings: SettingsDep, engine: EngineDep
+    body: ConversationCreate, key: SubmitKey, settings: SettingsDep, engine: EngineDep
 ) -> Response:
+    scope = tenant_scope(key)  # clips only from jobs this key may see
+
     def work(session: Session) -> tuple[str, ConversationOut | StreamingResponse]:
         with _problems():
-            conv = service.create_conversation(session, settings=settings, title=body.title, clips=body.all_clips())
+            conv = service.create_conversation(
+                session, settings=settings, title=body.title, clips=body.all_clips(),
+                tenant_id=key.tenant_id, scope=scope,
+            )
             session.commit()
             conversation_id = conv.id
         if body.question:
             result = _answer(
                 session, settings, engine, conversation_id=conversation_id, body=body,
-                question=body.question, with_clips=False,
+                question=body.question, with_clips=False, scope=scope,
             )
             if isinstance(result, StreamingResponse):
                 return conversation_id, result
         with _problems():
-            return conversation_id, service.conversation_out(service.get_conversation(session, conversation_id))
+            return conversation_id, service.conversation_out(
+                service.get_conversation(session, conversation_id, scope=scope)
+            )
 
     conversation_id, result = await in_thread(settings, work)
     location = f"{router.prefix}/{conversation_id}"
@@ -200,11 +209,11 @@ async def create_conversation(
     summary="Conversations, most recently active first",
 )
 async def list_conversations(
-    _key: ReadKey, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    key: ReadKey, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
     def work(session: Session) -> list[dict[str, object]]:
         return [service.conversation_summary(c).model_dump(mode="json")
-                for c in service.list_conversations(session, limit=limit)]
+                for c in service.list_conversations(session, limit=limit, scope=tenant_scope(key))]
 
     return answer(await in_thread(settings, work))
 
@@ -215,10 +224,12 @@ async def list_conversations(
     summary="A conversation with its clips and every turn (answers, reasoning traces)",
     responses={404: _ERRORS[404]},
 )
-async def get_conversation(conversation_id: str, _key: ReadKey, settings: SettingsDep) -> Response:
+async def get_conversation(conversation_id: str, key: ReadKey, settings: SettingsDep) -> Response:
     def work(session: Session) -> ConversationOut:
         with _problems():
-            return service.conversation_out(service.get_conversation(session, conversation_id))
+            return service.conversation_out(
+                service.get_conversation(session, conversation_id, scope=tenant_scope(key))
+            )
 
     return answer(await in_thread(settings, work))
 
@@ -229,10 +240,10 @@ async def get_conversation(conversation_id: str, _key: ReadKey, settings: Settin
     summary="Delete a conversation and its turns",
     responses={404: _ERRORS[404]},
 )
-async def delete_conversation(conversation_id: str, _key: SubmitKey, settings: SettingsDep) -> Response:
+async def delete_conversation(conversation_id: str, key: SubmitKey, settings: SettingsDep) -> Response:
     def work(session: Session) -> None:
         with _problems():
-            service.delete_conversation(session, conversation_id)
+            service.delete_conversation(session, conversation_id, scope=tenant_scope(key))
 
     await in_thread(settings, work)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -247,11 +258,11 @@ async def delete_conversation(conversation_id: str, _key: SubmitKey, settings: S
     responses={200: _STREAM_DOC, **_ERRORS},  # type: ignore[dict-item]
 )
 async def add_turn(
-    conversation_id: str, body: TurnCreate, _key: SubmitKey, settings: SettingsDep, engine: EngineDep
+    conversation_id: str, body: TurnCreate, key: SubmitKey, settings: SettingsDep, engine: EngineDep
 ) -> Response:
     result = await in_thread(settings, lambda session: _answer(
         session, settings, engine, conversation_id=conversation_id, body=body,
-        question=body.question, with_clips=True,
+        question=body.question, with_clips=True, scope=tenant_scope(key),
     ))
     if isinstance(result, StreamingResponse):
         return result
@@ -264,10 +275,10 @@ async def add_turn(
     summary="The spoken answer of a turn (WAV)",
     responses={200: {"content": {"audio/wav": {}}, "description": "The spoken answer"}, 404: _ERRORS[404]},
 )
-async def turn_speech(conversation_id: str, seq: int, _key: ReadKey, settings: SettingsDep) -> Response:
+async def turn_speech(conversation_id: str, seq: int, key: ReadKey, settings: SettingsDep) -> Response:
     def work(session: Session) -> bytes:
         with _problems():
-            conv = service.get_conversation(session, conversation_id)
+            conv = service.get_conversation(session, conversation_id, scope=tenant_scope(key))
             turn = next((t for t in conv.turns if t.seq == seq), None)
             if turn is None or not turn.speech_uri:
                 raise ApiProblem(404, f"turn {seq} of conversation {conversation_id} has no spoken answer",
