@@ -43,9 +43,10 @@ class SegmentAnalysis:
     reasoning: list[Reasoning] = field(default_factory=list)
     # answers cut by their token limit, by task
     truncated: dict[str, int] = field(default_factory=dict)
-    # model calls (engine.generate) and prompts this segment cost
+    # model calls (engine.generate) and prompts this segment cost; seconds sent to transcription
     calls: int = 0
     prompts: int = 0
+    transcribed_s: float = 0.0
     # honest remarks about how results were produced (no think adapter, cut answers)
     notes: list[str] = field(default_factory=list)
 
@@ -77,6 +78,7 @@ class SegmentAnalysis:
             truncated=dict(self.truncated),
             calls=self.calls,
             prompts=self.prompts,
+            transcribed_s=self.transcribed_s,
             notes=list(self.notes),
         )
 
@@ -196,6 +198,7 @@ def analyze_audio(
         adapter=thinking and engine.has_think_adapter,
     )
     result.calls, result.prompts = (1 if asks else 0), len(asks)
+    result.transcribed_s = round(sum(c.duration_s for c in chunks), 3)
     for label, g in zip(labels, answers, strict=True):
         budgets.count(label, truncated=g.truncated)
         if g.truncated:

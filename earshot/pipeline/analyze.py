@@ -67,6 +67,7 @@ def analyze_segment(job_id: str, index: int, engine: Engine, *, settings: Settin
         usage[str(index)] = {
             "calls": analysis.calls,
             "prompts": analysis.prompts,
+            "transcribed_s": analysis.transcribed_s,
             "truncated": analysis.truncated,
         }
         job.options = {**job.options, "segments_usage": usage}

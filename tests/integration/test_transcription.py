@@ -135,3 +135,43 @@ def test_a_budget_too_small_shows_as_truncated_in_the_report_and_the_metric(
     assert asked["caption"] == 1 and asked["transcribe"] >= 2  # two speech chunks around the pause
     assert all(in_metric[t] <= asked[t] for t in tasks)
     assert cut.encode() in generate_latest(REGISTRY)  # what a worker's /metrics serves
+
+
+def test_a_long_half_silent_file_through_the_pipeline_calls_the_model_only_for_speech(
+    earshot_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from earshot.audio import synth
+    from earshot.db import models as m
+    from earshot.db.session import session_scope
+    from tests.fixtures.earshot import apply_env
+
+    settings = apply_env(monkeypatch, max_segment_s="60")
+    silence = np.zeros(60 * 16000, np.float32)
+    audio = np.concatenate([spoken(60.0), silence, spoken(60.0), silence])  # 4 min, half silence
+    src = synth.encode_file(audio, tmp_path / "half.flac")
+    result = CliRunner().invoke(app, ["run", "--json", str(src), "--tasks", "transcribe"])
+    (rep,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert rep["status"] == "succeeded", result.output
+    speech = [(0.0, 60.0), (120.0, 180.0)]
+    with session_scope(settings.database_url) as s:
+        job = s.get(m.Job, rep["job_id"])
+        assert job is not None
+        usage = job.options["segments_usage"]
+        spans = {seg.index: (seg.start_s, seg.end_s) for seg in job.segments}
+    assert len(spans) >= 4
+    silent_segments = 0
+    for index, (start, end) in spans.items():
+        heard = sum(max(0.0, min(end, b) - max(start, a)) for a, b in speech)
+        calls = usage[str(index)]["calls"]
+        if heard == 0.0:  # nothing but silence: no model call at all
+            assert calls == 0, (index, start, end, usage)
+            silent_segments += 1
+        elif heard >= 10.0:
+            assert calls == 1, (index, start, end, usage)
+    assert silent_segments >= 1
+    # the model heard the two minutes of speech (pauses between sentences included), not the
+    # two minutes of silence
+    transcribed = sum(u["transcribed_s"] for u in usage.values())
+    assert 100.0 <= transcribed <= 120.0 + 2 * EDGE_S * len(spans), usage
+    for u in rep["transcript"]:  # every utterance lies in speech
+        assert any(a - EDGE_S <= u["start"] and u["end"] <= b + EDGE_S for a, b in speech), u
