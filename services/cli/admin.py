@@ -58,6 +58,25 @@ def default_hostname() -> str:
     return f"earshot-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
 
 
+def serve_metrics(port: int, *, host: str = "127.0.0.1") -> tuple[object, object]:
+    """Serve this process's Prometheus metrics (e.g. earshot_generation_truncated_total).
+
+    Prefork children count in their own memory: with PROMETHEUS_MULTIPROC_DIR set (an empty
+    directory, in the environment before the worker starts) every child's counts are served.
+    """
+    import os
+
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return start_http_server(port, addr=host, registry=registry)
+
+
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues: cpu, gpu")] = "cpu,gpu",
     concurrency: Annotated[int, typer.Option(help="Worker processes")] = 1,
@@ -70,6 +89,11 @@ def worker(
         ),
     ] = None,
     loglevel: str = "INFO",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics here (model answers, answers cut by their token limit)"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics listener")] = "127.0.0.1",
 ) -> None:
     """Run a Celery worker (needs EARSHOT_BROKER_URL)."""
     from earshot.callbacks.outbox import require_secret
@@ -85,6 +109,8 @@ def worker(
     except ConfigError as exc:
         raise typer.BadParameter(exc.message) from exc
     app = configure(settings)
+    if metrics_port is not None:
+        serve_metrics(metrics_port, host=metrics_host)
     app.worker_main(
         [
             "worker", f"--queues={queues}", f"--concurrency={concurrency}", f"--pool={pool}",

@@ -134,7 +134,24 @@ def test_a_budget_too_small_shows_as_truncated_in_the_report_and_the_metric(
     assert {t: in_report.get(t, 0) for t in tasks} == in_metric  # the report and /metrics agree
     assert asked["caption"] == 1 and asked["transcribe"] >= 2  # two speech chunks around the pause
     assert all(in_metric[t] <= asked[t] for t in tasks)
-    assert cut.encode() in generate_latest(REGISTRY)  # what a worker's /metrics serves
+    # what `earshot worker --metrics-port` serves on /metrics
+    import socket
+
+    import httpx
+
+    from services.cli.admin import serve_metrics
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server, _ = serve_metrics(port)
+    try:
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    line = f'{cut}{{task="caption"}} {_metric(cut, "caption")}'
+    assert line in body
+    assert cut.encode() in generate_latest(REGISTRY)
 
 
 def test_a_long_half_silent_file_through_the_pipeline_calls_the_model_only_for_speech(
