@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from earshot import __version__ as earshot_version
 from earshot.auth import models as _auth_models  # noqa: F401  (registers api_keys on the Base)
 from earshot.config import Settings, get_settings
+from earshot.listeners import BodyTimeoutMiddleware
 from earshot.tenants import RateLimiter
 from services.api import problems
 from services.api.db import Database
@@ -20,6 +21,8 @@ from services.api.metrics import ApiMetrics, MetricsMiddleware
 from services.api.principals import KeyCache
 from services.api.routers import conversations, health, jobs, keys, results, search
 from services.api.schemas import JobCreate, UploadForm
+
+BODY_IDLE_TIMEOUT_S = 30.0
 
 DESCRIPTION = """
 Results of Earshot's audio understanding (Audio Flamingo 3): jobs, transcripts, summaries,
@@ -84,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api_max_json_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # a stalled request body gets 408 and its connection closes; uploads have no total deadline
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=None, idle_timeout_s=BODY_IDLE_TIMEOUT_S)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

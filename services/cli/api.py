@@ -39,4 +39,9 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         proxy_headers=True,
+        # uvicorn waits for request headers for ever: this protocol closes a connection whose
+        # request head is not complete within 10 s (slowloris; earshot/listeners.py)
+        http="earshot.listeners:HeaderDeadlineH11Protocol",
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
     )

@@ -120,3 +120,42 @@ def test_header_deadline_protocol_loads_by_import_path_for_multiprocess_uvicorn(
     config = uvicorn.Config(lambda *a: None, http="earshot.listeners:HeaderDeadlineH11Protocol")
     config.load()
     assert config.http_protocol_class is HeaderDeadlineH11Protocol
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_earshot_api_is_local_by_default_and_drops_never_ending_headers(tmp_path: Path) -> None:
+    """`earshot api` as shipped: 127.0.0.1, and a slowloris connection is closed (header deadline 10 s)."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[2]
+    port = _free_port()
+    env = {**os.environ, "EARSHOT_DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
+           "EARSHOT_OUTPUT_URL": (tmp_path / "out").as_uri()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "api", "--port", str(port), "--log-level", "warning"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "earshot api did not start"
+            time.sleep(0.3)
+        assert _listening_address(port) == "127.0.0.1"
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            sock.settimeout(20)
+            started = time.monotonic()
+            assert sock.recv(4096) == b""  # closed by the server, without an answer
+            assert time.monotonic() - started < 15
+    finally:
+        proc.terminate()
+        proc.wait(20)
