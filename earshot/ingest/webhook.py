@@ -244,19 +244,23 @@ class WebhookServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self._server = make_server(self.app, self.limits, log_prefix="webhook")
+        self._serving, self._stopped = threading.Event(), threading.Event()
 
     @property
     def port(self) -> int:
         return int(self._socket.getsockname()[1])
 
     def serve_forever(self) -> None:
-        self._server.run(sockets=[self._socket])
+        self._serving.set()
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            self._stopped.set()
 
     def shutdown(self) -> None:
         self._server.should_exit = True
-        deadline = time.monotonic() + 10
-        while self._server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if self._serving.is_set():
+            self._stopped.wait(10)
         self._socket.close()
 
     @staticmethod
