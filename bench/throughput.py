@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = build_tiny_checkpoint(tmp / "tiny", with_think=False)
     settings = Settings(model_path=str(model_dir), triton_max_concurrency=64)
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
     t0 = time.perf_counter()
     audio = speech_file(args.minutes)
@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_triton:
         serial_levels = [int(c) for c in args.serial_concurrency.split(",") if c.strip()]
         for name, dynamic, conc in (("triton serial", False, serial_levels), ("triton dynamic", True, levels)):
+            if not conc:
+                continue
             server = serve(
                 tmp / name.replace(" ", "_"), model_dir, dynamic=dynamic, log=tmp / f"{name}.log",
                 max_tokens=args.max_batch_tokens,

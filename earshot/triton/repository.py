@@ -16,9 +16,11 @@ import earshot
 from earshot.errors import ConfigError
 from earshot.triton.protocol import PARAM_MODEL_PATH
 
-# On CPU the attention mask of a padded batch is materialised as rows x L x L floats: a batch
-# of 600 s segment prompts (L ~ 15,000) within the GPU default of 262144 tokens needs ~15 GB.
-CPU_PARAMETERS = {"max_batch_tokens": "32768"}
+# On CPU the attention mask of a padded batch is materialised as rows x L x L floats (a batch
+# of 600 s segment prompts within the GPU default of 262144 tokens needs ~15 GB), and a decode
+# step at long context costs in proportion to its rows: only short prompts (speech chunks)
+# gain from sharing a batch there (bench/results/throughput_cpu_*.json).
+CPU_PARAMETERS = {"max_batch_tokens": "8192"}
 
 _PARAM_RE = r'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*")((?:[^"\\]|\\.)*)(")'
 

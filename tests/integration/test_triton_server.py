@@ -60,7 +60,7 @@ def test_cpu_variant_rewrites_kind_and_weights(tmp_path: Path) -> None:
     assert "KIND_GPU" in shipped and get_parameter(shipped, p.PARAM_MODEL_PATH) == "${EARSHOT_MODEL_PATH}"
     # memory bounds only: CPU attention masks are rows x L x L floats
     assert get_parameter(shipped, p.PARAM_MAX_BATCH_TOKENS) == "262144"
-    assert get_parameter(llm, p.PARAM_MAX_BATCH_TOKENS) == "32768"
+    assert get_parameter(llm, p.PARAM_MAX_BATCH_TOKENS) == "8192"
 
 
 def test_server_command_binds_every_listener_to_the_given_address(tmp_path: Path) -> None:
