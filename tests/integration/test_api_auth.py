@@ -72,7 +72,7 @@ def _ids(seeded: Callable[..., str], tmp_path: Any) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("ep", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
-def test_endpoint_scopes(
+def test_each_endpoint_refuses_missing_bad_and_wrong_scope_keys(
     ep: Endpoint, api_client: TestClient, api_tokens: Tokens, seeded: Callable[..., str], tmp_path: Any
 ) -> None:
     ids = _ids(seeded, tmp_path)
@@ -163,7 +163,7 @@ def test_key_revoked_through_the_api_stops_at_once(api_client: TestClient, api_t
     assert api_client.get("/v1/jobs", headers=bearer(token)).status_code == 401
 
 
-def test_keys_api_round_trip(api_client: TestClient, api_tokens: Tokens) -> None:
+def test_a_key_created_over_the_api_works_until_revoked(api_client: TestClient, api_tokens: Tokens) -> None:
     created = api_client.post("/v1/keys", json={"name": "ci", "scopes": ["read", "submit"]},
                               headers=bearer(api_tokens.admin))
     assert created.status_code == 201

@@ -23,7 +23,7 @@ from tests.fixtures.api import QueueRecorder, bearer, make_app
 runner = CliRunner()
 
 
-def test_keys_create_list_revoke(api_env: Settings, api_queue: QueueRecorder) -> None:
+def test_cli_created_key_works_until_the_cli_revokes_it(api_env: Settings, api_queue: QueueRecorder) -> None:
     # no key cache, so the CLI's revocation shows at once (the cache window has its own test)
     uncached = TestClient(make_app(api_env.model_copy(update={"api_key_cache_s": 0}), api_queue))
     with uncached as api_client:
@@ -109,7 +109,7 @@ def _serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], st
             time.sleep(0.2)
 
 
-def test_earshot_api_serves(api_env: Settings) -> None:
+def test_earshot_api_serves_readiness_and_requires_a_key(api_env: Settings) -> None:
     proc, base = _serve({**os.environ, "EARSHOT_DATABASE_URL": api_env.database_url})
     try:
         r = httpx.get(f"{base}/readyz", timeout=5)

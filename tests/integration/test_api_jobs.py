@@ -222,7 +222,7 @@ def test_idempotency_key_returns_the_first_job(
 # --------------------------------------------------------------------------- S3 URIs
 
 
-def test_submit_s3_uri(
+def test_submitting_an_s3_uri_queues_a_job_and_bad_bodies_are_422(
     api_client: TestClient, api_tokens: Tokens, api_queue: QueueRecorder, s3_bucket: str
 ) -> None:
     boto3.client("s3", endpoint_url=storage.s3_client().meta.endpoint_url).put_object(
@@ -252,7 +252,7 @@ def test_submit_s3_uri(
 # --------------------------------------------------------------------------- retry / cancel
 
 
-def test_retry_and_cancel(
+def test_cancel_and_retry_change_active_jobs_and_refuse_finished_ones(
     api_client: TestClient, api_tokens: Tokens, api_queue: QueueRecorder, seeded: Callable[..., str]
 ) -> None:
     h = bearer(api_tokens.read_submit)

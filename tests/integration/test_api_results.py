@@ -44,7 +44,7 @@ def job(seeded: Callable[..., str], tmp_path: Path) -> str:
     )
 
 
-def test_transcript_json(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
+def test_transcript_json_lists_every_utterance_in_time_order(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
     r = api_client.get(f"/v1/jobs/{job}/transcript", headers=bearer(api_tokens.read))
     assert r.status_code == 200
     body = r.json()
@@ -93,14 +93,14 @@ def test_transcript_txt_md_and_bad_format(api_client: TestClient, api_tokens: To
     assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "format"]
 
 
-def test_summary(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
+def test_summary_lists_file_chapter_segment_and_caption_levels(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
     body = api_client.get(f"/v1/jobs/{job}/summary", headers=bearer(api_tokens.read)).json()
     assert body["summary"] == "A long call with a siren."
     assert [i["level"] for i in body["items"]] == ["file", "chapter", "segment", "caption"]
     assert body["items"][1]["title"] == "Opening"
 
 
-def test_events_filters(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
+def test_event_filters_match_label_duration_and_time_window(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
     h = bearer(api_tokens.read)
 
     def labels(**params: object) -> list[str]:
@@ -120,12 +120,12 @@ def test_events_filters(api_client: TestClient, api_tokens: Tokens, job: str) ->
     assert api_client.get(f"/v1/jobs/{job}/events", params={"start": "nan"}, headers=h).status_code == 422
 
 
-def test_reasoning(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
+def test_reasoning_lists_file_answers_before_segment_answers(api_client: TestClient, api_tokens: Tokens, job: str) -> None:
     traces = api_client.get(f"/v1/jobs/{job}/reasoning", headers=bearer(api_tokens.read)).json()["traces"]
     assert [(t["segment_index"], t["answer"], t["adapter"]) for t in traces] == [(-1, "Yes", True), (0, "No", False)]
 
 
-def test_speech_url_and_download(
+def test_speech_metadata_and_download_and_404_when_missing(
     api_client: TestClient, api_tokens: Tokens, job: str, seeded: Callable[..., str], tmp_path: Path
 ) -> None:
     h = bearer(api_tokens.read)
@@ -144,7 +144,7 @@ def test_speech_url_and_download(
     assert gone.status_code == 404
 
 
-def test_results_of_unknown_job(api_client: TestClient, api_tokens: Tokens) -> None:
+def test_results_of_an_unknown_job_are_404_problems(api_client: TestClient, api_tokens: Tokens) -> None:
     for part in ("transcript", "summary", "events", "reasoning", "speech"):
         r = api_client.get(f"/v1/jobs/4f1c1a52-0000-4000-8000-000000000000/{part}", headers=bearer(api_tokens.read))
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")

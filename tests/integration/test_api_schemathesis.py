@@ -52,7 +52,7 @@ def _only_extra_query_keys(case: Any) -> bool:
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
-def test_openapi_contract(mode: GenerationMode, api_app: FastAPI, api_tokens: Tokens, s3_bucket: str) -> None:
+def test_every_operation_honours_its_openapi_contract(mode: GenerationMode, api_app: FastAPI, api_tokens: Tokens, s3_bucket: str) -> None:
     # s3_bucket points the object store at moto, so generated s3:// URIs get real (404) answers
     loaded = schemathesis.openapi.from_asgi("/openapi.json", api_app)
     headers = bearer(api_tokens.admin)

@@ -67,7 +67,7 @@ def test_phrase_summary_and_filters(
     assert [x["job_id"] for x in excluded] == [planted["noise"]]
 
 
-def test_pages(api_client: TestClient, api_tokens: Tokens, planted: dict[str, str]) -> None:
+def test_search_pages_add_up_to_the_unpaged_hits(api_client: TestClient, api_tokens: Tokens, planted: dict[str, str]) -> None:
     h = bearer(api_tokens.read)
     word = planted["word"]
     everything = api_client.get("/v1/search", params={"q": word, "limit": 100}, headers=h).json()

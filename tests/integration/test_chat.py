@@ -206,7 +206,7 @@ def test_think_without_adapter_says_so(client: TestClient, engine: LocalEngine, 
     assert answer["adapter"] is False and "No think adapter" in answer["note"]
 
 
-def test_errors_are_problems(client: TestClient, earshot_env: Settings, tmp_path: Path) -> None:
+def test_conversation_errors_are_problem_responses_with_codes(client: TestClient, earshot_env: Settings, tmp_path: Path) -> None:
     long_job = processed_job(tmp_path, "long.wav", 4.0, seed=5, summary="A long meeting about budgets.")
     assert client.get("/v1/conversations/nope").status_code == 404
     assert client.post("/v1/conversations/nope/turns", json={"question": "x"}).json()["code"] == "not_found"

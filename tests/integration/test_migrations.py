@@ -22,7 +22,7 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_postgres_upgrade_and_downgrade() -> None:
+def test_postgres_migrates_up_down_and_up_again() -> None:
     name = f"earshot_mig_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -39,7 +39,7 @@ def test_postgres_upgrade_and_downgrade() -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_sqlite_upgrade_and_downgrade(tmp_path: Path) -> None:
+def test_sqlite_migrates_up_and_down(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     migrate.upgrade("heads", url=url)
     assert CORE <= _tables(url)

@@ -18,7 +18,7 @@ from earshot.errors import StorageError
 MiB = 1024 * 1024
 
 
-def test_settings_point_at_moto(s3_bucket: str, moto_server: str) -> None:
+def test_s3_client_uses_the_configured_endpoint(s3_bucket: str, moto_server: str) -> None:
     assert get_settings().s3_endpoint_url == moto_server
     assert storage.s3_client().meta.endpoint_url == moto_server
 
@@ -98,7 +98,7 @@ def test_list_paginates(s3_bucket: str) -> None:
     assert list(storage.list_objects(f"s3://{s3_bucket}/nothing/")) == []
 
 
-def test_exists_head_etag(s3_bucket: str) -> None:
+def test_head_reports_size_and_md5_etag_and_a_key_prefix_is_not_an_object(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/a.txt"
     assert not storage.exists(uri)
     storage.put_bytes(uri, b"hello")
@@ -111,7 +111,7 @@ def test_exists_head_etag(s3_bucket: str) -> None:
     assert not storage.exists(f"s3://{s3_bucket}/a")  # a prefix of a key is not an object
 
 
-def test_version_ids(s3_bucket: str) -> None:
+def test_each_put_to_a_versioned_bucket_gets_a_new_version_id(s3_bucket: str) -> None:
     storage.s3_client().put_bucket_versioning(
         Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"}
     )
@@ -159,7 +159,7 @@ def test_presign_serves_bytes(s3_bucket: str) -> None:
     assert response.content == payload
 
 
-def test_missing_object_and_bucket(s3_bucket: str, tmp_path: Path) -> None:
+def test_missing_object_or_bucket_is_not_found_and_writes_nothing(s3_bucket: str, tmp_path: Path) -> None:
     missing = f"s3://{s3_bucket}/nope.wav"
     calls: list[Callable[[], object]] = [
         lambda: storage.read_bytes(missing),
@@ -207,7 +207,7 @@ def test_keys_with_spaces_and_unicode(s3_bucket: str, tmp_path: Path) -> None:
     assert storage.read_bytes(f"s3://{s3_bucket}/up load/ü.bin") == b"file"
 
 
-def test_delete_and_delete_prefix(s3_bucket: str) -> None:
+def test_delete_is_idempotent_and_delete_prefix_counts_what_it_removed(s3_bucket: str) -> None:
     for i in range(12):
         storage.put_bytes(f"s3://{s3_bucket}/scratch/job1/{i}.flac", b"x")
     storage.put_bytes(f"s3://{s3_bucket}/keep.txt", b"x")

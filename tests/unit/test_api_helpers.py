@@ -28,7 +28,7 @@ from services.api.upload import safe_filename
         ("a" * 300 + ".wav", "a" * 120),
     ],
 )
-def test_safe_filename(raw: str | None, safe: str) -> None:
+def test_safe_filename_drops_paths_and_odd_characters_and_is_never_empty(raw: str | None, safe: str) -> None:
     assert safe_filename(raw) == safe
 
 

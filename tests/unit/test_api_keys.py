@@ -43,7 +43,7 @@ def test_token_is_shown_once_and_stored_hashed(session: Session) -> None:
     assert other != token and other_key.key_hash != key.key_hash
 
 
-def test_authenticate_and_revoke(session: Session) -> None:
+def test_a_revoked_key_no_longer_authenticates(session: Session) -> None:
     key, token = create_key(session, name="svc", scopes=["submit"])
     session.commit()
     found = authenticate(session, token)
@@ -60,7 +60,7 @@ def test_authenticate_and_revoke(session: Session) -> None:
     assert [k.id for k in list_keys(session)] == [key.id]
 
 
-def test_scopes() -> None:
+def test_admin_scope_allows_everything_and_unknown_scopes_are_refused() -> None:
     assert SCOPES == ("read", "submit", "admin")
     assert normalize_scopes(["read, submit", "READ"]) == ["read", "submit"]
     for bad in (["root"], [], [" , "]):

@@ -171,7 +171,7 @@ def test_decode_stream_is_lazy(mp3_20s: Path) -> None:
     stream.close()  # closing early must release the container without error
 
 
-def test_other_output_rates(mp3_20s: Path) -> None:
+def test_decoding_to_another_sample_rate_keeps_the_duration(mp3_20s: Path) -> None:
     audio = np.concatenate(list(decode_stream(mp3_20s, sample_rate=8000)))
     assert abs(audio.shape[0] - 20 * 8000) <= 0.01 * 20 * 8000
 
@@ -215,7 +215,7 @@ def expect_code(path: Path, code: str) -> AudioError:
     return caught.value
 
 
-def test_empty_file(tmp_path: Path) -> None:
+def test_empty_file_fails_with_code_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.mp3"
     path.write_bytes(b"")
     error = expect_code(path, "empty_file")
@@ -319,7 +319,7 @@ def test_too_long_by_decoded_length_when_the_header_is_silent(
     assert sum(c.shape[0] for c in taken) <= 2.0 * SAMPLE_RATE
 
 
-def test_format_duration() -> None:
+def test_format_duration_rounds_to_seconds_and_adds_hours() -> None:
     assert format_duration(0) == "0:00"
     assert format_duration(59.6) == "1:00"
     assert format_duration(3725.4) == "1:02:05"

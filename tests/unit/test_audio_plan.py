@@ -78,7 +78,7 @@ def test_choose_cut_ignores_nan_and_rejects_empty_ranges() -> None:
         choose_cut(np.array([0.1, 0.2]), 0.0, 0, 2)
 
 
-def test_frame_rms() -> None:
+def test_frame_rms_drops_the_partial_last_frame() -> None:
     x = np.concatenate([np.zeros(4), np.full(4, 0.5), -np.ones(4), np.ones(2)]).astype(np.float32)
     np.testing.assert_allclose(frame_rms(x, 4), [0.0, 0.5, 1.0])
 
@@ -220,7 +220,7 @@ def test_lengths_around_the_limit(total_s: float) -> None:
     assert segments[-1].duration_s >= min(1.0, total_s) - 1e-9
 
 
-def test_empty_and_silent_inputs() -> None:
+def test_empty_input_gives_no_segments_and_silence_is_still_covered() -> None:
     assert list(segment_stream([])) == []
     assert list(segment_stream([np.zeros(0, np.float32)])) == []
     silence = np.zeros(130 * 100, np.float32)
@@ -228,7 +228,7 @@ def test_empty_and_silent_inputs() -> None:
     check_cover(segments, silence.shape[0], 60.0, 100)
 
 
-def test_rejects_bad_arguments() -> None:
+def test_segment_stream_rejects_multichannel_input_and_bad_lengths() -> None:
     with pytest.raises(ValueError, match="1-D"):
         list(segment_stream([np.zeros((10, 2), np.float32)]))
     with pytest.raises(ValueError):
@@ -255,7 +255,7 @@ def test_decoded_mp3_end_to_end(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ time mapping
 
 
-def test_plans_and_time_mapping() -> None:
+def test_segment_times_map_to_the_file_and_invented_times_are_clamped() -> None:
     seg = Segment(1, 581.45, 1166.2, np.zeros(round((1166.2 - 581.45) * SAMPLE_RATE)), 9_303_200)
     plan = seg.plan
     assert plan == SegmentPlan(1, 581.45, 1166.2)

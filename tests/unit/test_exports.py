@@ -93,7 +93,7 @@ def _report(transcript: list[Utterance] | None = None) -> JobReport:
 # --------------------------------------------------------------------------- timestamps/cues
 
 
-def test_format_timestamp() -> None:
+def test_format_timestamp_pads_fields_and_allows_100_hours() -> None:
     assert format_timestamp(0) == "00:00:00,000"
     assert format_timestamp(3_723_004) == "01:02:03,004"
     assert format_timestamp(3_723_004, ".") == "01:02:03.004"
@@ -125,7 +125,7 @@ def test_cues_keep_good_input_unchanged() -> None:
 # --------------------------------------------------------------------------- SRT / VTT
 
 
-def test_srt_realistic() -> None:
+def test_srt_of_a_realistic_transcript_is_exact_and_valid() -> None:
     text = to_srt(REALISTIC)
     assert text == (
         "1\n00:00:00,000 --> 00:00:02,500\nWelcome to the show.\n\n"
@@ -135,7 +135,7 @@ def test_srt_realistic() -> None:
     assert validate_srt(text) == []
 
 
-def test_vtt_realistic() -> None:
+def test_vtt_of_a_realistic_transcript_is_valid() -> None:
     text = to_vtt(REALISTIC)
     assert text.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nWelcome to the show.\n\n")
     assert text.endswith("00:00:06.500 --> 00:00:09.999\nLet's begin.\n")
@@ -154,7 +154,7 @@ def test_srt_and_vtt_on_nasty_input_are_valid() -> None:
     assert srt.count("\n\n") == 9  # 10 cues, one blank line between each
 
 
-def test_empty_inputs() -> None:
+def test_empty_inputs_give_empty_valid_files() -> None:
     assert to_srt([]) == ""
     assert to_vtt([U(0, 1, " \n ")]) == "WEBVTT\n"
     assert validate_srt("") == []
@@ -193,7 +193,7 @@ def test_min_duration_is_configurable() -> None:
         ("1\n00:00:00,000 --> 00:00:01,000\nline one\n\nline two\n", "expected cue index 2"),
     ],
 )
-def test_validate_srt_rejects(sample: str, problem: str) -> None:
+def test_validate_srt_reports_each_broken_sample(sample: str, problem: str) -> None:
     problems = validate_srt(sample)
     assert any(problem in p for p in problems), problems
 
@@ -220,7 +220,7 @@ def test_validate_srt_accepts_crlf_bom_and_overlap_when_allowed() -> None:
         ),
     ],
 )
-def test_validate_vtt_rejects(sample: str, problem: str) -> None:
+def test_validate_vtt_reports_each_broken_sample(sample: str, problem: str) -> None:
     problems = validate_vtt(sample)
     assert any(problem in p for p in problems), problems
 
@@ -259,7 +259,7 @@ def test_json_keeps_unicode_and_survives_nan() -> None:
     json.loads(text)  # strict JSON: NaN is not allowed, pydantic writes null
 
 
-def test_markdown_layout() -> None:
+def test_markdown_escapes_text_and_orders_sections_and_times() -> None:
     md = to_markdown(_report())
     assert md.startswith("# s3://bucket/in/My \\*great\\* podcast\\_ep\\#1.mp3\n")
     assert "duration 01:02:05" in md
@@ -299,12 +299,12 @@ def test_markdown_minimal_and_failed_report() -> None:
     assert md.endswith("\n") and not md.endswith("\n\n")
 
 
-def test_markdown_long_times() -> None:
+def test_markdown_times_past_99_hours_keep_every_digit() -> None:
     md = to_markdown(_report([U(400_000.0, 400_001.0, "late")]))
     assert "**[111:06:40]** late" in md
 
 
-def test_formats_and_render() -> None:
+def test_render_matches_each_format_and_refuses_unknown_ones() -> None:
     report = _report(NASTY)
     assert set(FORMATS) == {"json", "srt", "vtt", "txt", "md"}
     for name, fmt in FORMATS.items():

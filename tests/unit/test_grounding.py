@@ -42,7 +42,7 @@ UNTIMED = ["There are 3 and 4 dogs", "The alarm rings at ten seconds.", "<think>
 
 
 @pytest.mark.parametrize(("line", "expected"), GOOD)
-def test_parses_realistic_lines(line: str, expected: tuple[float, float, str]) -> None:
+def test_each_realistic_event_line_parses_to_one_event(line: str, expected: tuple[float, float, str]) -> None:
     r = parse_grounding(line, 60.0)
     assert r.dropped == [] and r.untimed == []
     assert [(e.start, e.end, e.label) for e in r.events] == [expected]
@@ -74,7 +74,7 @@ def test_multiple_events_on_one_line() -> None:
     assert [(e.start, e.end, e.label) for e in r.events] == [(0, 5, "Speaker 1 talks"), (10, 20, "a siren")]
 
 
-def test_json_answers() -> None:
+def test_json_answers_become_events_and_bad_items_are_counted() -> None:
     text = (
         '```json\n[{"start": 1, "end": 2, "event": "bark"}, {"onset": "0:05", "offset": "0:04",'
         ' "label": "x"}, {"label": "no time"}, {"start": "nan", "end": 3, "label": "y"}]\n```'
@@ -95,7 +95,7 @@ def test_garbage_never_raises(garbage: str) -> None:
     assert all(0 <= e.start <= e.end <= 30 for e in r.events)
 
 
-def test_times_and_kinds() -> None:
+def test_time_notations_and_event_kinds_are_recognised() -> None:
     assert parse_time("01:02:03.5") == 3723.5
     assert parse_time("00:00:01,500") == 1.5
     assert parse_time("1500ms") == 1.5
@@ -177,7 +177,7 @@ def test_no_merge_when_gap_too_big_or_overlap_absent() -> None:
     assert merge_across_cuts([], cuts=[600]).merged == 0
 
 
-def test_split_reasoning_shapes() -> None:
+def test_split_reasoning_handles_tags_markers_and_plain_answers() -> None:
     assert prompts.split_reasoning("<think>a\nb</think>\nYes.") == ("a\nb", "Yes.")
     assert prompts.split_reasoning("<think>cut off by the token lim") == ("cut off by the token lim", "")
     assert prompts.split_reasoning("Reasoning: loud bang.\nFinal answer: a door") == ("loud bang.", "a door")
@@ -202,7 +202,7 @@ def test_af_think_output_splits_into_the_short_thought_and_the_answer() -> None:
     assert prompts.split_reasoning("A siren.") == ("", "A siren.")
 
 
-def test_clean_title() -> None:
+def test_clean_title_strips_labels_quotes_and_headings() -> None:
     assert prompts.clean_title('Title: "The Budget Meeting".\nmore') == "The Budget Meeting"
     assert prompts.clean_title("\n\n## Chapter 2: Opening remarks") == "Opening remarks"
     assert prompts.clean_title("   ") == ""

@@ -1034,7 +1034,7 @@ def test_app_dockerfile_is_multistage_non_root_without_compilers() -> None:
     assert 'EXTRAS="model,triton,api"' in text
 
 
-def test_triton_dockerfile_and_dockerignore() -> None:
+def test_triton_image_is_non_root_and_dockerignore_keeps_sources() -> None:
     text = (ROOT / "docker" / "triton.Dockerfile").read_text()
     assert re.search(r"(?m)^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_VERSION\}-py3$", text)
     assert "COPY model_repo/ /models/" in text and '".[model]"' in text

@@ -229,7 +229,7 @@ def test_job_state_reads_conditions() -> None:
     )
 
 
-def test_wait_for_host() -> None:
+def test_wait_for_host_succeeds_for_a_known_host_and_times_out_otherwise() -> None:
     wait = load("wait_for_host")
     assert wait.main(["localhost", "--timeout", "5"]) == 0
     assert wait.main(["no-such-host.invalid", "--timeout", "0.3", "--interval", "0.1"]) == 1

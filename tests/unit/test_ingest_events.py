@@ -48,7 +48,7 @@ def test_s3_test_event_is_skipped() -> None:
     assert parsed.test_event and parsed.events == []
 
 
-def test_minio_event() -> None:
+def test_minio_event_key_is_url_decoded() -> None:
     record = aws_record("folder/my+file.mp3", name="s3:ObjectCreated:CompleteMultipartUpload")
     record["eventSource"] = "minio:s3"
     body = {"EventName": "s3:ObjectCreated:CompleteMultipartUpload", "Key": "calls/folder/my file.mp3", "Records": [record]}
@@ -131,7 +131,7 @@ def test_suffix_prefix_size_and_unsafe_keys() -> None:
     assert isinstance(verdict, Reject) and verdict.reason == "unsafe_key"
 
 
-def test_bucket_allowlist() -> None:
+def test_bucket_allowlist_rejects_other_buckets() -> None:
     f = filters(ingest_buckets=["calls"])
     assert f.check("calls", "a.wav", 1) is None
     verdict = f.check("elsewhere", "a.wav", 1)

@@ -16,7 +16,7 @@ def test_sqs_queue_url_form() -> None:
     src.close()
 
 
-def test_unknown_scheme_and_backoff() -> None:
+def test_unknown_scheme_is_refused_and_backoff_doubles_to_a_cap() -> None:
     with pytest.raises(ValueError):
         open_source("kafka://x", Settings(_env_file=None))  # type: ignore[call-arg]
     assert [_backoff_s(n) for n in (1, 2, 5, 20)] == [2, 4, 32, 300]

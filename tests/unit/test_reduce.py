@@ -116,7 +116,7 @@ def test_empty_answers_fall_back_to_the_children() -> None:
     assert out.chapters[0].title == "Part 1"
 
 
-def test_nothing_to_reduce() -> None:
+def test_blank_summaries_make_no_calls_and_an_empty_summary() -> None:
     out = summarize_recording([Passage(start=0, end=5, text=" ")], CountingLLM(), duration_s=5, budget_chars=5000)
     assert (out.summary, out.chapters, out.calls) == ("", [], 0)
 
@@ -147,7 +147,7 @@ def test_plan_chapters_balanced_and_contiguous() -> None:
     assert chapter_count(0.0, 0, target_s=900, max_chapters=12) == 0
 
 
-def test_clip_text() -> None:
+def test_clip_text_folds_whitespace_and_ends_with_an_ellipsis() -> None:
     assert clip_text("a  b\nc", 10) == "a b c"
     clipped = clip_text("word " * 100, 50)
     assert len(clipped) <= 50 and clipped.endswith("…")

@@ -44,12 +44,12 @@ def test_parse_file_uri_and_plain_paths(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     "bad", ["", "s3://", "s3:///key", "http://host/x", "file://otherhost/x", "file:rel"]
 )
-def test_parse_uri_rejects(bad: str) -> None:
+def test_parse_uri_rejects_malformed_uris(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_uri(bad)
 
 
-def test_join_uri(tmp_path: Path) -> None:
+def test_join_uri_joins_parts_and_refuses_dot_segments(tmp_path: Path) -> None:
     assert join_uri("s3://b", "x", "y.json") == "s3://b/x/y.json"
     assert join_uri("s3://b/out/", "/job 1/", "r.srt") == "s3://b/out/job 1/r.srt"
     assert join_uri("s3://b/out", "a/b") == "s3://b/out/a/b"
@@ -73,7 +73,7 @@ def test_round_trip_creates_parents(tmp_path: Path) -> None:
     assert storage.read_bytes(str(tmp_path / "deep/er/x.bin")) == b"replaced!"
 
 
-def test_spaces_and_unicode_names(tmp_path: Path) -> None:
+def test_names_with_spaces_and_unicode_round_trip(tmp_path: Path) -> None:
     uri = join_uri(tmp_path.as_uri(), "dir with space", "Ünïcødé 音声 #1.txt")
     storage.put_bytes(uri, "π".encode())
     assert (tmp_path / "dir with space" / "Ünïcødé 音声 #1.txt").read_bytes() == "π".encode()
@@ -137,7 +137,7 @@ def test_put_file_and_download_to_stream(tmp_path: Path) -> None:
     assert info.value.code == "not_found"
 
 
-def test_open_read_streams(tmp_path: Path) -> None:
+def test_open_read_streams_in_bounded_chunks_and_closes(tmp_path: Path) -> None:
     payload = os.urandom(50_000)
     storage.put_bytes(str(tmp_path / "x"), payload)
     digest = hashlib.sha256()
@@ -149,7 +149,7 @@ def test_open_read_streams(tmp_path: Path) -> None:
     assert digest.digest() == hashlib.sha256(payload).digest()
 
 
-def test_read_bytes_limit(tmp_path: Path) -> None:
+def test_read_bytes_past_its_limit_is_too_large(tmp_path: Path) -> None:
     uri = str(tmp_path / "x")
     storage.put_bytes(uri, b"12345")
     assert storage.read_bytes(uri, max_bytes=5) == b"12345"
@@ -158,7 +158,7 @@ def test_read_bytes_limit(tmp_path: Path) -> None:
     assert info.value.code == "too_large"
 
 
-def test_missing_and_directory_errors(tmp_path: Path) -> None:
+def test_missing_files_are_not_found_and_directories_are_errors(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.wav")
     for call in (
         lambda: storage.read_bytes(missing),
@@ -181,7 +181,7 @@ def test_missing_and_directory_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- metadata/listing
 
 
-def test_head(tmp_path: Path) -> None:
+def test_head_reports_size_and_a_new_etag_after_a_write(tmp_path: Path) -> None:
     uri = str(tmp_path / "x")
     storage.put_bytes(uri, b"abc")
     info = storage.head(uri)
@@ -216,7 +216,7 @@ def test_list_objects_prefix_semantics(tmp_path: Path) -> None:
     assert sizes == {7, 11}
 
 
-def test_delete_and_delete_prefix(tmp_path: Path) -> None:
+def test_delete_is_idempotent_and_delete_prefix_empties_but_keeps_the_root(tmp_path: Path) -> None:
     _tree(tmp_path)
     storage.delete(str(tmp_path / "b.txt"))
     storage.delete(str(tmp_path / "b.txt"))  # missing is fine, as on S3
@@ -249,7 +249,7 @@ def _client_error(code: str, status: int) -> ClientError:
     return ClientError(response, "GetObject")
 
 
-def test_s3_error_mapping() -> None:
+def test_s3_errors_map_to_codes_and_retryability() -> None:
     ref = parse_uri("s3://bkt/k")
     err = storage._s3_error(_client_error("NoSuchBucket", 404), ref, "read")
     assert (err.code, err.retryable) == ("not_found", False)
