@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 QUESTION_MAX_CHARS = 4000
 # 7 days: longer than any recording Earshot accepts, and inside every database's float range
 MAX_TIME_S = 7 * 24 * 3600.0
+# clips per request (each is a database lookup and a window of audio; the audio budget bounds the rest)
+MAX_CLIPS = 16
 
 
 class ClipIn(BaseModel):
@@ -32,8 +34,12 @@ class ClipIn(BaseModel):
 class _Asking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    clips: list[ClipIn] = Field(default_factory=list, description="Audio to attach to this question")
-    job_ids: list[str] = Field(default_factory=list, description="Shorthand: whole files (windowed when long)")
+    clips: list[ClipIn] = Field(
+        default_factory=list, max_length=MAX_CLIPS, description="Audio to attach to this question"
+    )
+    job_ids: list[str] = Field(
+        default_factory=list, max_length=MAX_CLIPS, description="Shorthand: whole files (windowed when long)"
+    )
     think: bool = Field(default=False, description="AF3 thinking mode: a reasoning trace, then the answer")
     speak: bool = Field(default=False, description="Also speak the answer (WAV, see .../speech)")
     stream: bool = Field(default=False, description="Answer as server-sent events (token, then answer)")

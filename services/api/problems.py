@@ -14,7 +14,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from earshot.errors import EarshotError, InputError, StorageError
-from earshot.tenants import IdempotencyConflict, QuotaExceeded
+from earshot.tenants import IdempotencyConflict, QuotaExceeded, UnknownTenant
 
 log = logging.getLogger("earshot.api")
 
@@ -126,6 +126,8 @@ def earshot_status(exc: EarshotError) -> int:
         return 429
     if isinstance(exc, IdempotencyConflict):
         return 409
+    if isinstance(exc, UnknownTenant):  # a tenant that does not exist is a missing resource
+        return 404
     if isinstance(exc, InputError):
         return 422
     if isinstance(exc, StorageError):

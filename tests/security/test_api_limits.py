@@ -79,3 +79,10 @@ def test_an_enormous_json_body_is_refused_unread(api_env: Any, client: TestClien
                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     assert r.status_code == 413, r.text[:300]
     assert time.monotonic() - started < 5  # not 31 s of CPU
+
+
+def test_clip_lists_are_bounded_by_the_schema(api_env: Any, client: TestClient, s3_bucket: str) -> None:
+    token = _tenant_key(api_env.database_url, s3_bucket)
+    body = {"job_ids": [str(uuid.uuid4()) for _ in range(17)], "question": "what was said?"}
+    r = client.post("/v1/conversations", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 422 and "job_ids" in r.text

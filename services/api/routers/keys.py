@@ -22,7 +22,7 @@ async def get_keys(conn: ConnDep, _key: AdminKey) -> Response:
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=201, summary="Create a key; the token is shown once",
-             responses=responses(400, 401, 403, 413, 422))
+             responses=responses(400, 401, 403, 404, 413, 422))
 async def post_key(db: DatabaseDep, key: AdminKey, body: ApiKeyCreate) -> Response:
     tenant_id = body.tenant_id or key.tenant_id
     async with db.transaction() as tx:
