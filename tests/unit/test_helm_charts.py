@@ -355,9 +355,9 @@ def test_service_chart_has_every_component() -> None:
     assert api["args"][:1] == ["api"] and "0.0.0.0" in api["args"]
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    for queue in ("cpu", "gpu"):
+    for queue, concurrency in (("cpu", "2"), ("gpu", "4")):  # gpu: 2 pods x 4 calls per Triton GPU
         worker = container(one(items, "Deployment", f"{f}-worker-{queue}"), f"worker-{queue}")
-        assert worker["args"] == ["worker", "--queues", queue, "--concurrency", "2", "--pool", "prefork"]
+        assert worker["args"] == ["worker", "--queues", queue, "--concurrency", concurrency, "--pool", "prefork"]
     config = one(items, "ConfigMap", f"{f}-config")["data"]
     assert config["EARSHOT_ENGINE"] == "triton"
     assert config["EARSHOT_TRITON_URL"] == f"{f}-triton:8001"
