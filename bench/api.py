@@ -1,20 +1,26 @@
-"""REST API benchmark: p50/p99 latency and requests/s for job lookup, transcript and search.
+"""REST API benchmark: Earshot against the floor that Python and PostgreSQL allow.
 
     .venv/bin/python bench/api.py [--jobs 100] [--per-job 1000] [--duration 5] [--concurrency 1,16,64]
 
 What it does:
 
 1. creates a throwaway PostgreSQL database (EARSHOT_TEST_PG_ADMIN or postgres@127.0.0.1), migrates
-   it and seeds ``jobs * per_job`` utterances (100,000 by default) plus a file summary per job,
-   with COPY; the texts are drawn from a 5,000-word vocabulary, so one search word matches
-   ~240 utterances that must all be ranked;
-2. starts the API with uvicorn (one worker process) in a subprocess;
-3. runs the load generator in a *second* process (this file, ``load`` mode: asyncio, a minimal HTTP/1.1
-   client, one keep-alive connection per concurrent client) for each endpoint and concurrency, for a fixed
-   time after a short warm-up, and prints p50 / p99 / requests per second;
-4. drops the database.
+   it and seeds ``jobs * per_job`` utterances (100,000 by default), 20 events and a file summary
+   per job, with COPY; the texts are drawn from a 5,000-word vocabulary, so one search word
+   matches ~240 utterances that must all be ranked;
+2. starts two servers with uvicorn, one worker each: Earshot's API, and the *floor*, a minimal
+   Starlette app on a psycopg async pool (``floor_app`` below) that runs the same SQL for each
+   endpoint (the key by SHA-256, then the job, scoped to the key's tenant, then its rows) and
+   answers JSON with orjson. The floor has no framework, no dependencies, no metrics and no
+   key cache: it is what the work costs at least in Python;
+3. runs the load generator in a *third* process (``load`` mode: asyncio, a minimal HTTP/1.1
+   client, one keep-alive connection per concurrent client). For every endpoint and concurrency
+   it measures the floor and then Earshot, back to back, so both see the same machine load;
+   the ratio is Earshot's req/s over the floor's. Then c=256 against each, counting errors;
+4. prints the table with the load average before and after, writes JSON (``--json``), drops
+   the database.
 
-The numbers are for this machine with server, load generator and PostgreSQL on the same
+The numbers are for this machine with servers, load generator and PostgreSQL on the same
 cores; they are a regression yardstick, not a capacity plan. Not part of the test run.
 """
 
@@ -39,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PG_ADMIN = os.environ.get("EARSHOT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-SCENARIOS = ("job", "transcript", "search")
+SCENARIOS = ("job", "transcript", "events", "list", "search")
+TARGET = ("earshot", "floor")
 
 
 # --------------------------------------------------------------------------- seeding
@@ -59,6 +66,9 @@ def _copy(cur: Any, table: str, columns: tuple[str, ...], rows: list[tuple[Any, 
             copy.write_row(row)
 
 
+EVENT_LABELS = ("speech", "music", "siren", "dog barking", "door", "laughter", "applause", "engine")
+
+
 def seed(url: str, jobs: int, per_job: int, rng: random.Random) -> tuple[list[str], list[str]]:
     import psycopg
 
@@ -66,7 +76,7 @@ def seed(url: str, jobs: int, per_job: int, rng: random.Random) -> tuple[list[st
     now = datetime.now(UTC)
     job_ids: list[str] = []
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        audio_rows, job_rows, utt_rows, sum_rows = [], [], [], []
+        audio_rows, job_rows, utt_rows, sum_rows, ev_rows = [], [], [], [], []
         for j in range(jobs):
             audio_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
             job_ids.append(job_id)
@@ -84,6 +94,10 @@ def seed(url: str, jobs: int, per_job: int, rng: random.Random) -> tuple[list[st
                 text = " ".join(rng.choice(words) for _ in range(n))
                 utt_rows.append((job_id, int(t // 600), k, t, t + n * 0.33, text))
                 t += n * 0.33 + rng.uniform(0.1, 0.8)
+            for k in range(20):
+                start = rng.uniform(0, t)
+                label = rng.choice(EVENT_LABELS)
+                ev_rows.append((job_id, int(start // 600), k, label, start, start + rng.uniform(0.5, 8), f"[{start:.1f}] {label}"))
             summary = " ".join(rng.choice(words) for _ in range(60))
             sum_rows.append((job_id, "file", 0, 0.0, t, None, summary))
         _copy(cur, "audio_files", ("id", "uri", "bucket", "key", "version", "duration_s", "created_at"), audio_rows)
@@ -94,10 +108,159 @@ def seed(url: str, jobs: int, per_job: int, rng: random.Random) -> tuple[list[st
         ), job_rows)
         _copy(cur, "utterances", ("job_id", "segment_index", "seq", "start_s", "end_s", "text"), utt_rows)
         _copy(cur, "summaries", ("job_id", "level", "idx", "start_s", "end_s", "title", "text"), sum_rows)
+        _copy(cur, "events", ("job_id", "segment_index", "seq", "label", "start_s", "end_s", "raw"), ev_rows)
+        # the bench measures speed, not the default tenant's rate limit
+        cur.execute("UPDATE tenants SET requests_per_minute = NULL, max_concurrent_jobs = NULL, "
+                    "max_audio_hours_per_day = NULL")
         conn.commit()
         conn.autocommit = True
         cur.execute("VACUUM ANALYZE")
     return job_ids, words
+
+
+# --------------------------------------------------------------------------- the floor app
+
+
+def floor_app() -> Any:
+    """The reference: Starlette + a psycopg async pool + orjson, the same SQL as Earshot.
+
+    Served by uvicorn like the API (``uvicorn bench.api:floor_app --factory``), with
+    ``EARSHOT_DATABASE_URL`` pointing at the bench database.
+    """
+    import hashlib
+    from contextlib import asynccontextmanager
+
+    import orjson
+    from psycopg.rows import namedtuple_row
+    from psycopg_pool import AsyncConnectionPool
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from earshot.search import postgres_params, postgres_sql, safe_snippet
+
+    url = os.environ["EARSHOT_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    pool = AsyncConnectionPool(url, min_size=10, max_size=30, open=False,
+                               kwargs={"autocommit": True, "row_factory": namedtuple_row})
+    key_sql = "SELECT id, scopes, revoked_at, tenant_id FROM api_keys WHERE key_hash = %s"
+    job_sql = (
+        "SELECT j.id, j.status, j.source_uri, j.tasks, j.questions, j.engine, j.model_id, j.progress, j.attempts, "
+        "j.segment_count, j.created_at, j.updated_at, j.started_at, j.finished_at, j.timings, j.error_code, "
+        "j.error_message, j.options, a.duration_s, j.tenant_id "
+        "FROM jobs j LEFT OUTER JOIN audio_files a ON a.id = j.audio_file_id"
+    )
+    utt_sql = "SELECT start_s, end_s, text FROM utterances WHERE job_id = %s ORDER BY start_s, segment_index, seq"
+    ev_sql = ("SELECT start_s, end_s, label, raw FROM events WHERE job_id = %s "
+              "ORDER BY start_s, segment_index, seq")
+    search_sql = postgres_sql(("utterance", "summary"), job_filter=False, tenant_filter=True)
+    opts = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+    def job_json(r: Any) -> dict[str, Any]:
+        return {"id": r.id, "status": r.status, "source": r.source_uri, "tasks": r.tasks, "questions": r.questions,
+                "engine": r.engine, "model_id": r.model_id, "progress": r.progress, "attempts": r.attempts,
+                "segment_count": r.segment_count, "duration_s": r.duration_s, "created_at": r.created_at,
+                "updated_at": r.updated_at, "started_at": r.started_at, "finished_at": r.finished_at,
+                "timings": r.timings, "error": None, "outputs": {}}
+
+    def json(data: Any, status: int = 200) -> Response:
+        return Response(orjson.dumps(data, option=opts), status_code=status, media_type="application/json")
+
+    async def tenant_of(request: Request, cur: Any) -> str | None:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        await cur.execute(key_sql, (hashlib.sha256(token.encode()).hexdigest(),))
+        key = await cur.fetchone()
+        return None if key is None or key.revoked_at is not None else key.tenant_id
+
+    async def one_job(cur: Any, job_id: str, tenant: str) -> Any:
+        await cur.execute(job_sql + " WHERE j.id = %s AND j.tenant_id = %s", (job_id, tenant))
+        return await cur.fetchone()
+
+    async def job(request: Request) -> Response:
+        async with pool.connection() as conn, conn.cursor() as cur:
+            tenant = await tenant_of(request, cur)
+            if tenant is None:
+                return json({"status": 401}, 401)
+            row = await one_job(cur, request.path_params["job_id"], tenant)
+        return json(job_json(row)) if row else json({"status": 404}, 404)
+
+    async def transcript(request: Request) -> Response:
+        async with pool.connection() as conn, conn.cursor() as cur:
+            tenant = await tenant_of(request, cur)
+            if tenant is None:
+                return json({"status": 401}, 401)
+            row = await one_job(cur, request.path_params["job_id"], tenant)
+            if row is None:
+                return json({"status": 404}, 404)
+            await cur.execute(utt_sql, (row.id,))
+            rows: list[Any] = await cur.fetchall()
+        return json({"job_id": row.id, "status": row.status,
+                     "utterances": [{"start": r.start_s, "end": r.end_s, "text": r.text} for r in rows]})
+
+    async def events(request: Request) -> Response:
+        async with pool.connection() as conn, conn.cursor() as cur:
+            tenant = await tenant_of(request, cur)
+            if tenant is None:
+                return json({"status": 401}, 401)
+            row = await one_job(cur, request.path_params["job_id"], tenant)
+            if row is None:
+                return json({"status": 404}, 404)
+            await cur.execute(ev_sql, (row.id,))
+            rows: list[Any] = await cur.fetchall()
+        return json({"job_id": row.id, "status": row.status, "events": [
+            {"start": e.start_s, "end": e.end_s, "duration": e.end_s - e.start_s, "label": e.label, "raw": e.raw or ""}
+            for e in rows]})
+
+    async def jobs(request: Request) -> Response:
+        limit = int(request.query_params.get("limit", "50"))
+        async with pool.connection() as conn, conn.cursor() as cur:
+            tenant = await tenant_of(request, cur)
+            if tenant is None:
+                return json({"status": 401}, 401)
+            await cur.execute(job_sql + " WHERE j.tenant_id = %s ORDER BY j.created_at DESC, j.id DESC LIMIT %s",
+                              (tenant, limit + 1))
+            rows: list[Any] = await cur.fetchall()
+        return json({"jobs": [job_json(r) for r in rows[:limit]], "next_cursor": "x" if len(rows) > limit else None})
+
+    async def search(request: Request) -> Response:
+        q = request.query_params["q"]
+        limit = int(request.query_params.get("limit", "20"))
+        async with pool.connection() as conn, conn.cursor() as cur:
+            tenant = await tenant_of(request, cur)
+            if tenant is None:
+                return json({"status": 401}, 401)
+            params = postgres_params(q, limit + 1, 0, None, tenant)
+            # the same text as Earshot's; SQLAlchemy's :name placeholders become psycopg's %(name)s
+            await cur.execute(_pyformat(search_sql), params)
+            rows: list[Any] = await cur.fetchall()
+        hits = [{"kind": r.kind, "job_id": r.job_id, "source": r.source_uri, "start": r.start_s, "end": r.end_s,
+                 "text": r.text, "snippet": safe_snippet(r.snippet or ""), "score": r.score, "level": r.level}
+                for r in rows[:limit]]
+        return json({"query": q, "hits": hits, "next_cursor": None})
+
+    async def readyz(request: Request) -> Response:
+        return json({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        await pool.open()
+        yield
+        await pool.close()
+
+    return Starlette(routes=[
+        Route("/readyz", readyz),
+        Route("/v1/jobs", jobs),
+        Route("/v1/jobs/{job_id}", job),
+        Route("/v1/jobs/{job_id}/transcript", transcript),
+        Route("/v1/jobs/{job_id}/events", events),
+        Route("/v1/search", search),
+    ], lifespan=lifespan)
+
+
+def _pyformat(sql: str) -> str:
+    import re
+
+    return re.sub(r"(?<!:):([a-z_]+)", r"%(\1)s", sql.replace("%", "%%"))
 
 
 # --------------------------------------------------------------------------- load generator (second process)
@@ -155,6 +318,10 @@ async def _run_scenario(
             return f"/v1/jobs/{rng.choice(job_ids)}"
         if scenario == "transcript":
             return f"/v1/jobs/{rng.choice(job_ids)}/transcript"
+        if scenario == "events":
+            return f"/v1/jobs/{rng.choice(job_ids)}/events"
+        if scenario == "list":
+            return "/v1/jobs?limit=50"
         return f"/v1/search?q={rng.choice(words)}&limit=20"
 
     latencies: list[float] = []
@@ -202,16 +369,26 @@ def load_main(spec_path: str) -> None:
     except ImportError:
         pass
     results = []
+
+    def point(target: str, scenario: str, concurrency: int) -> None:
+        r = asyncio.run(_run_scenario(
+            spec["bases"][target], spec["token"], scenario, concurrency, spec["duration"], spec["warmup"],
+            spec["job_ids"], spec["words"], 1234 + concurrency,
+        ))
+        r["target"] = target
+        results.append(r)
+        print(f"  {target:8s} {scenario:10s} c={concurrency:<3d} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+              f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} requests, {r['errors']} errors)",
+              file=sys.stderr, flush=True)
+
     for scenario in spec["scenarios"]:
         for concurrency in spec["concurrency"]:
-            results.append(asyncio.run(_run_scenario(
-                spec["base"], spec["token"], scenario, concurrency, spec["duration"], spec["warmup"],
-                spec["job_ids"], spec["words"], 1234 + concurrency,
-            )))
-            r = results[-1]
-            print(f"  {scenario:10s} c={concurrency:<3d} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                  f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} requests, {r['errors']} errors)",
-                  file=sys.stderr, flush=True)
+            # back to back, so both see the same machine load; the order alternates
+            order = TARGET if concurrency % 2 == 0 else TARGET[::-1]
+            for target in order:
+                point(target, scenario, concurrency)
+    for target in TARGET:
+        point(target, "job", spec["overload"])
     print(json.dumps(results))
 
 
@@ -240,6 +417,36 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
     raise RuntimeError("the API server did not become ready")
 
 
+def _start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", *args, "--factory", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=env,
+    )
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    labels = {"job": "`GET /v1/jobs/{id}`", "transcript": "`GET /v1/jobs/{id}/transcript` (1,000 utt.)",
+              "events": "`GET /v1/jobs/{id}/events` (20)", "list": "`GET /v1/jobs?limit=50`",
+              "search": "`GET /v1/search?q=word` (top 20)"}
+    by = {(r["target"], r["scenario"], r["concurrency"]): r for r in results}
+    lines = ["| endpoint | c | Earshot req/s | floor req/s | ratio | Earshot p50 / p99 ms | floor p50 / p99 ms | errors E/F |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (target, scenario, c), e in by.items():
+        if target != "earshot":
+            continue
+        f = by[("floor", scenario, c)]
+        lines.append(
+            f"| {labels[scenario]} | {c} | {e['rps']:.0f} | {f['rps']:.0f} | {e['rps'] / max(f['rps'], 1e-9):.2f}x | "
+            f"{e['p50_ms']:.1f} / {e['p99_ms']:.1f} | {f['p50_ms']:.1f} / {f['p99_ms']:.1f} | {e['errors']} / {f['errors']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "load"])
@@ -249,8 +456,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--overload", type=int, default=256, help="concurrency of the error check")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
     args = parser.parse_args()
     if args.mode == "load":
@@ -268,7 +475,7 @@ def main() -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
     plain_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     url = plain_url.replace("postgresql://", "postgresql+psycopg://")
-    server: subprocess.Popen[bytes] | None = None
+    servers: list[subprocess.Popen[bytes]] = []
     t0 = time.perf_counter()
     try:
         migrate.upgrade("heads", url=url)
@@ -280,46 +487,50 @@ def main() -> None:
         seeded_s = time.perf_counter() - t0
         print(f"seeded {args.jobs * args.per_job:,} utterances in {args.jobs} jobs in {seeded_s:.1f} s", flush=True)
 
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
         env = {**os.environ, "EARSHOT_DATABASE_URL": url, "EARSHOT_LOG_LEVEL": "WARNING"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "services.api.app:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=env,
-        )
-        _wait_ready(base, server)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        ports = {"earshot": _free_port(), "floor": _free_port()}
+        servers.append(_start(["services.api.app:create_app"], env, ports["earshot"]))
+        servers.append(_start(["bench.api:floor_app"], env, ports["floor"]))
+        bases = {t: f"http://127.0.0.1:{p}" for t, p in ports.items()}
+        for server, base in zip(servers, bases.values(), strict=True):
+            _wait_ready(base, server)
 
         spec = {
-            "base": base, "token": token, "duration": args.duration, "warmup": args.warmup,
-            "concurrency": [int(c) for c in args.concurrency.split(",")],
+            "bases": bases, "token": token, "duration": args.duration, "warmup": args.warmup,
+            "concurrency": [int(c) for c in args.concurrency.split(",")], "overload": args.overload,
             "scenarios": [s for s in args.scenarios.split(",") if s],
             "job_ids": job_ids, "words": words,
         }
         spec_path = Path(f"/tmp/earshot-bench-{name}.json")
         spec_path.write_text(json.dumps(spec))
-        print(f"load: uvicorn x{args.workers} on {base}, generator in a second process, "
-              f"{args.duration:.0f} s per point after {args.warmup:.0f} s warm-up; cpus={os.cpu_count()}", flush=True)
+        load_before = _load()
+        print(f"load: uvicorn x1 each (Earshot, floor), generator in a third process, {args.duration:.0f} s per point "
+              f"after {args.warmup:.0f} s warm-up, floor and Earshot back to back; cpus={os.cpu_count()}; "
+              f"load average before {load_before}", flush=True)
         out = subprocess.run(
             [sys.executable, __file__, "load", "--spec", str(spec_path)],
             cwd=ROOT, check=True, stdout=subprocess.PIPE,
         )
         spec_path.unlink(missing_ok=True)
         results = json.loads(out.stdout)
+        load_after = _load()
 
         print()
-        print("| endpoint | concurrency | req/s | p50 ms | p99 ms | requests | errors |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        labels = {"job": "GET /v1/jobs/{id}", "transcript": "GET /v1/jobs/{id}/transcript (1000 utt.)",
-                  "search": "GET /v1/search?q=word"}
-        for r in results:
-            print(f"| {labels[r['scenario']]} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | "
-                  f"{r['p99_ms']:.1f} | {r['requests']} | {r['errors']} |")
-        print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+        print(table(results))
+        over = {r["target"]: r for r in results if r["concurrency"] == args.overload}
+        print(f"\nc={args.overload} (job lookup): Earshot {over['earshot']['errors']} errors of "
+              f"{over['earshot']['requests']}, p99 {over['earshot']['p99_ms']:.0f} ms; floor "
+              f"{over['floor']['errors']} errors of {over['floor']['requests']}, p99 {over['floor']['p99_ms']:.0f} ms")
+        print(f"load average before {load_before}, after {load_after} (cpus={os.cpu_count()})")
+        print(f"total {time.perf_counter() - t0:.0f} s")
         if args.json_out:
-            Path(args.json_out).write_text(json.dumps(results, indent=2))
+            Path(args.json_out).write_text(json.dumps(
+                {"when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+                 "load_before": load_before, "load_after": load_after, "jobs": args.jobs, "per_job": args.per_job,
+                 "duration_s": args.duration, "results": results}, indent=2))
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             try:
                 server.wait(timeout=20)

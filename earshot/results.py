@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from psycopg.rows import namedtuple_row
 from pydantic import BaseModel, Field
 from sqlalchemy import Row, Select, bindparam, func, select
 
@@ -87,6 +88,12 @@ class JobReport(BaseModel):
 # The API's reads: plain columns with SQLAlchemy Core on an async connection (no ORM objects, no
 # relationship loading), each function one query. ``tenant_id`` limits jobs to that tenant's;
 # None means every tenant (admin keys). Another tenant's job reads exactly like a missing one.
+#
+# SQLAlchemy writes every statement. On PostgreSQL the fixed ones (``static_rows``) are compiled
+# once and run by psycopg itself on the pooled connection: SQLAlchemy's execution and result
+# layer cost twice what PostgreSQL needs for a job lookup (bench/api.py). psycopg already returns
+# JSON as Python values and timestamps with their zone; SQLite needs SQLAlchemy's type handling,
+# so there everything runs through SQLAlchemy.
 
 _jobs = m.Job.__table__
 _audio = m.AudioFile.__table__
@@ -108,6 +115,33 @@ JOB_COLUMNS = (
 _JOB_FROM = _jobs.outerjoin(_audio, _audio.c.id == _jobs.c.audio_file_id)
 
 
+_COMPILED: dict[int, str] = {}
+
+
+async def static_rows(conn: AsyncConnection, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
+    """Rows of a module-level (never rebuilt) statement, by attribute or position."""
+    if conn.dialect.name != "postgresql":
+        return list((await conn.execute(stmt, params)).all())
+    sql = _COMPILED.get(id(stmt))
+    if sql is None:
+        sql = _COMPILED[id(stmt)] = str(stmt.compile(dialect=conn.dialect))
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    async with driver.cursor(row_factory=namedtuple_row) as cur:
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def built_rows(conn: AsyncConnection, stmt: Select[Any]) -> list[Any]:
+    """Rows of a statement built for this call (its values bound in it), as ``static_rows``."""
+    if conn.dialect.name != "postgresql":
+        return list((await conn.execute(stmt)).all())
+    compiled = stmt.compile(dialect=conn.dialect)
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    async with driver.cursor(row_factory=namedtuple_row) as cur:
+        await cur.execute(str(compiled), compiled.params)
+        return await cur.fetchall()
+
+
 def _scoped(stmt: Select[Any], tenant_id: str | None) -> Select[Any]:
     return stmt if tenant_id is None else stmt.where(_jobs.c.tenant_id == tenant_id)
 
@@ -119,10 +153,10 @@ _JOB_BY_ID_TENANT = _JOB_BY_ID.where(_jobs.c.tenant_id == bindparam("tenant_id")
 async def fetch_job(conn: AsyncConnection, job_id: str, *, tenant_id: str | None = None) -> AnyRow | None:
     """The job with its audio duration, or None (missing, or another tenant's: the same answer)."""
     if tenant_id is not None:
-        result = await conn.execute(_JOB_BY_ID_TENANT, {"job_id": job_id, "tenant_id": tenant_id})
+        rows = await static_rows(conn, _JOB_BY_ID_TENANT, {"job_id": job_id, "tenant_id": tenant_id})
     else:
-        result = await conn.execute(_JOB_BY_ID, {"job_id": job_id})
-    return result.first()
+        rows = await static_rows(conn, _JOB_BY_ID, {"job_id": job_id})
+    return rows[0] if rows else None
 
 
 async def fetch_jobs(
@@ -150,7 +184,7 @@ async def fetch_jobs(
         ts, jid = before
         q = q.where((_jobs.c.created_at < ts) | ((_jobs.c.created_at == ts) & (_jobs.c.id < jid)))
     q = q.order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc()).limit(limit)
-    return list((await conn.execute(q)).all())
+    return await built_rows(conn, q)
 
 
 _UTTERANCES = (
@@ -162,7 +196,7 @@ _UTTERANCES = (
 
 async def fetch_utterances(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
     """(start_s, end_s, text) in time order."""
-    return list((await conn.execute(_UTTERANCES, {"job_id": job_id})).all())
+    return await static_rows(conn, _UTTERANCES, {"job_id": job_id})
 
 
 SUMMARY_LEVEL_ORDER = {"file": 0, "chapter": 1, "section": 2, "segment": 3, "caption": 4}
@@ -204,7 +238,7 @@ async def fetch_events(
         .where(*conds)
         .order_by(_ev.c.start_s, _ev.c.segment_index, _ev.c.seq)
     )
-    return list((await conn.execute(q)).all())
+    return await built_rows(conn, q)
 
 
 async def fetch_traces(conn: AsyncConnection, job_id: str) -> list[AnyRow]:

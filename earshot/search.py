@@ -59,7 +59,7 @@ class SearchPage:
     has_more: bool
 
 
-def _safe_snippet(raw: str) -> str:
+def safe_snippet(raw: str) -> str:
     escaped = html.escape(raw.replace("<mark>", "").replace("</mark>", ""), quote=False)
     return escaped.replace(_START, "<mark>").replace(_STOP, "</mark>")
 
@@ -146,7 +146,7 @@ async def _search_postgres(
             start=float(r.start_s),
             end=float(r.end_s),
             text=r.text,
-            snippet=_safe_snippet(r.snippet or ""),
+            snippet=safe_snippet(r.snippet or ""),
             score=float(r.score),
             level=r.level,
         )

@@ -1,8 +1,8 @@
 """The API's database: an async SQLAlchemy engine (psycopg 3 or aiosqlite), no thread hops.
 
-Reads run on an AUTOCOMMIT connection: each statement stands alone, so a read request costs
-its queries and nothing else (no BEGIN, no ROLLBACK round trip when the connection goes back
-to the pool). Writes open a transaction of their own with ``transaction()``.
+The engine's connections are AUTOCOMMIT: each read statement stands alone, so a read request
+costs its queries and nothing else (no BEGIN, no ROLLBACK when the connection goes back to the
+pool, and so no reset on return either). Writes open a real transaction with ``transaction()``.
 
 A request holds at most one connection of the main pool at a time, and key lookups (auth, on
 a cache miss) use a small pool of their own. Otherwise requests that hold a connection and wait
@@ -52,7 +52,9 @@ def create_engine(settings: Settings, *, pool_size: int = POOL_SIZE, max_overflo
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(conn, _record):  # type: ignore[no-untyped-def]
@@ -70,6 +72,8 @@ def create_engine(settings: Settings, *, pool_size: int = POOL_SIZE, max_overflo
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
         connect_args={"options": f"-c statement_timeout={int(settings.api_statement_timeout_ms)}"},
     )
 
@@ -104,18 +108,21 @@ class Database:
     async def auth_reader(self) -> AsyncIterator[AsyncConnection]:
         """For key lookups only (one short query): the small pool no request holds while waiting."""
         async with self._pair()[1].connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """Commit on success, roll back on error."""
-        async with self.engine.begin() as conn:
-            yield conn
+        """Commit on success, roll back on error (the pool gives the connection back in AUTOCOMMIT)."""
+        async with self.engine.connect() as conn:
+            isolation = "SERIALIZABLE" if conn.dialect.name == "sqlite" else "READ COMMITTED"
+            tx_conn = await conn.execution_options(isolation_level=isolation)
+            async with tx_conn.begin():
+                yield tx_conn
 
 
 async def run_sync(conn: AsyncConnection, fn: Callable[[Session], T]) -> T:
