@@ -24,12 +24,13 @@ system-deps:
 $(TINY)/config.json: | $(STAMP)
 	$(BIN)/earshot model init-tiny $(TINY) --with-think
 
-demo: $(STAMP) system-deps $(TINY)/config.json
-	EARSHOT_MAX_NEW_TOKENS=48 EARSHOT_SUMMARY_MAX_NEW_TOKENS=48 \
-	  $(BIN)/earshot run examples/speech_sample.flac \
-	  --tasks transcribe,caption,events,summarize,think,speak
+# The golden model (models/golden, trained by Earshot on its own synthetic corpus) on a sample
+# whose words and sounds are known: transcript per speech chunk, events, caption, WER.
+demo: $(STAMP) system-deps
+	$(BIN)/earshot eval demo --model models/golden --sample examples/golden/demo.flac
 	@echo
-	@echo "The tiny model's words are noise: point EARSHOT_MODEL_PATH at real AF3 weights (README)."
+	@echo "models/golden knows only its synthetic corpus (docs/golden.md); for real audio point"
+	@echo "EARSHOT_MODEL_PATH at real AF3 weights (README)."
 
 services:
 	bash scripts/start-services.sh

@@ -32,7 +32,7 @@ from earshot.corpus.generate import read_truth
 from earshot.corpus.grammar import normalize_words
 from earshot.corpus.scenes import ASR_PROMPT, NUMBER_PROMPT, Event, Scene, caption, caption_labels
 
-ANSWER_TOKENS = 320  # a 30 s transcript of this corpus is ~100 tokens; never the limit
+ANSWER_TOKENS = 200  # a 30 s transcript of this corpus is ~100 tokens; never the limit for a working model
 
 
 @dataclass
