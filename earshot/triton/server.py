@@ -42,7 +42,7 @@ class TritonInstall:
             import pytriton
         except ImportError as exc:
             raise ConfigError(
-                "tritonserver is not installed: pip install 'earshot[triton]' (nvidia-pytriton "
+                "tritonserver is not installed: pip install 'earshot[dev]' (nvidia-pytriton "
                 "bundles the server), or run NVIDIA's Triton container",
                 code="triton_not_installed",
             ) from exc
