@@ -9,12 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from earshot.config import get_settings
 from earshot.db.session import session_scope
 from earshot.ingest.bridge import Bridge, Delivery
 from earshot.ingest.deadletters import list_dead_letters, mark_replayed, resolve_dead_letters
 from earshot.ingest.models import DeadLetter
-from services.cli.common import console, ensure_embedded_db, err_console
+from services.cli.common import console, database_settings, err_console, stop_on_signals
 
 app = typer.Typer(help="Event-driven ingest: S3 uploads become jobs.", no_args_is_help=True)
 
@@ -36,8 +35,7 @@ def run(
     """Consume S3 ObjectCreated notifications and turn them into enqueued jobs."""
     from services.ingest.runner import run_bridge
 
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     if not settings.broker_url:
         err_console.print(
             "[yellow]EARSHOT_BROKER_URL is not set: jobs run inside the bridge process (eager mode)"
@@ -70,15 +68,9 @@ def scan(
     from earshot.ingest.reconcile import scan as scan_once
     from services.ingest.runner import celery_enqueue
 
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     enqueue = celery_enqueue(settings)
-    stop = threading.Event()
-    if interval:
-        import signal
-
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals() if interval else threading.Event()
     while True:
         try:
             report = scan_once(
@@ -128,8 +120,7 @@ def dead_letters(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List messages the bridge could not turn into jobs, newest first."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope(settings.database_url) as s:
         resolve_dead_letters(s)  # objects whose job succeeded meanwhile
     with session_scope(settings.database_url) as s:
@@ -162,8 +153,7 @@ def replay(dead_letter_id: Annotated[str, typer.Argument(help="Id (or unique pre
     """Feed a dead letter through the bridge again (after fixing its cause)."""
     from services.ingest.runner import celery_enqueue
 
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope() as s:
         matches = list(
             s.scalars(

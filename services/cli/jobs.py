@@ -20,7 +20,14 @@ from earshot.jobs.report import build_report
 from earshot.jobs.service import fail_job, get_job, list_jobs, retry_failed
 from earshot.jobs.submit import submit
 from earshot.results import ErrorInfo, JobReport
-from services.cli.common import apply_overrides, console, ensure_embedded_db, err_console
+from services.cli.common import (
+    apply_overrides,
+    console,
+    database_settings,
+    ensure_embedded_db,
+    err_console,
+    stop_on_signals,
+)
 
 jobs_app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 
@@ -172,8 +179,7 @@ def jobs_list(
 
 def report_or_exit(job_id: str) -> JobReport:
     """The job's report; exit 2 with a message if there is no such job (show, export)."""
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope(settings.database_url) as s:
         job = get_job(s, job_id)
         if job is None:
@@ -204,8 +210,7 @@ def jobs_retry(
 
     if not job_ids and not failed:
         raise typer.BadParameter("name job ids, or --failed (optionally with --code CODE)")
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     with session_scope(settings.database_url) as s:
         reset = retry_failed(s, job_ids=job_ids or (), codes=code or (), limit=limit)
     for job_id in reset:
@@ -228,24 +233,18 @@ def jobs_reap(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON report per sweep on stdout")] = False,
 ) -> None:
     """The watchdog: re-enqueue stuck jobs, retry outage failures, settle finished jobs, resend callbacks."""
-    import signal
-
     from earshot.ingest.deadletters import pending_count, resolve_dead_letters
     from earshot.jobs.watchdog import queue_depths, reap
     from workers.celery_app import QUEUES
     from workers.tasks import enqueue, send_callback
 
-    settings = get_settings()
-    ensure_embedded_db(settings)
+    settings = database_settings()
     if metrics_port:
         from prometheus_client import Gauge, start_http_server
 
         dead = Gauge("earshot_ingest_dead_letters_pending", "Dead letters neither replayed nor resolved")
         start_http_server(metrics_port, addr=metrics_host)
-    stop = threading.Event()
-    if interval:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals() if interval else threading.Event()
     while True:
         try:
             report = reap(settings=settings, enqueue=enqueue, send_callback=send_callback)
