@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from earshot.db.session import session_scope
 from earshot.errors import InputError
@@ -36,6 +38,26 @@ def _limit(text: str | None, kind: type[int] | type[float]) -> Any:
         return kind(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not {LIMIT_HELP}") from None
+
+
+def _limits(jobs: str | None, hours: str | None, per_minute: str | None) -> dict[str, Any]:
+    return {
+        "max_concurrent_jobs": _limit(jobs, int),
+        "max_audio_hours_per_day": _limit(hours, float),
+        "requests_per_minute": _limit(per_minute, int),
+    }
+
+
+def _save(change: Callable[[Session], Tenant], as_json: bool) -> None:
+    """Create or change a tenant in one transaction and print it; a refused value exits 2."""
+    settings = database_settings()
+    try:
+        with session_scope(settings.database_url) as s:
+            row = _row(change(s))
+    except InputError as exc:
+        err_console.print(f"[red]{exc.message}")
+        raise typer.Exit(code=2) from None
+    _print([row], as_json)
 
 
 def _row(t: Tenant) -> dict[str, Any]:
@@ -82,19 +104,11 @@ def create(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Create a tenant (then `earshot keys create --tenant ID`)."""
-    settings = database_settings()
-    try:
-        with session_scope(settings.database_url) as s:
-            row = _row(create_tenant(
-                s, tenant_id=tenant_id, name=name, allowed_sources=allow or [],
-                max_concurrent_jobs=_limit(max_concurrent_jobs, int),
-                max_audio_hours_per_day=_limit(audio_hours_per_day, float),
-                requests_per_minute=_limit(requests_per_minute, int),
-            ))
-    except InputError as exc:
-        err_console.print(f"[red]{exc.message}")
-        raise typer.Exit(code=2) from None
-    _print([row], as_json)
+    limits = _limits(max_concurrent_jobs, audio_hours_per_day, requests_per_minute)
+    _save(
+        lambda s: create_tenant(s, tenant_id=tenant_id, name=name, allowed_sources=allow or [], **limits),
+        as_json,
+    )
 
 
 @app.command("list")
@@ -136,16 +150,8 @@ def update(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Change a tenant's allow-list or quotas (options left out stay as they are)."""
-    settings = database_settings()
-    try:
-        with session_scope(settings.database_url) as s:
-            row = _row(update_tenant(
-                s, tenant_id, name=name, allow=allow or [], disallow=disallow or [],
-                max_concurrent_jobs=_limit(max_concurrent_jobs, int),
-                max_audio_hours_per_day=_limit(audio_hours_per_day, float),
-                requests_per_minute=_limit(requests_per_minute, int),
-            ))
-    except InputError as exc:
-        err_console.print(f"[red]{exc.message}")
-        raise typer.Exit(code=2) from None
-    _print([row], as_json)
+    limits = _limits(max_concurrent_jobs, audio_hours_per_day, requests_per_minute)
+    _save(
+        lambda s: update_tenant(s, tenant_id, name=name, allow=allow or [], disallow=disallow or [], **limits),
+        as_json,
+    )
