@@ -185,7 +185,7 @@ def test_bad_audio_is_a_clear_error_and_the_server_stays_healthy(
     assert len(engine.generate([Ask("Describe.", audio=0)], audios=[tone_with_silences(2.0)])) == 1
 
 
-def test_cli_health_and_models(triton_server: TritonServer) -> None:
+def test_cli_health_and_models_report_ready_models_and_a_down_server(triton_server: TritonServer) -> None:
     from services.cli.main import app
 
     runner = CliRunner()
