@@ -2,8 +2,8 @@
 
 The response models in ``schemas.py`` document these shapes in the OpenAPI; routes build the
 bytes here straight from query rows (typed columns: nothing to validate) and answer with
-``deps.answer``. ``tests/integration/test_api_contract.py`` checks that each body still
-validates against its model.
+``deps.answer``. ``tests/integration/test_api_schemathesis.py`` validates the bodies against
+those models (schemathesis' response schema conformance check).
 """
 
 from __future__ import annotations
