@@ -24,13 +24,18 @@ system-deps:
 $(TINY)/config.json: | $(STAMP)
 	$(BIN)/earshot model init-tiny $(TINY) --with-think
 
-# The golden model (models/golden, trained by Earshot on its own synthetic corpus) on a sample
-# whose words and sounds are known: transcript per speech chunk, events, caption, WER.
+# The main job end to end on the embedded default (SQLite in .earshot/, the folder
+# .earshot/outputs as the bucket, in-process tasks, the in-process engine) with the golden
+# model (models/golden, trained by Earshot on its own synthetic corpus), then the same sample
+# scored against its known words and sounds (transcript per speech chunk, events, WER).
 demo: $(STAMP) system-deps
+	EARSHOT_MODEL_PATH=models/golden $(BIN)/earshot run examples/golden/demo.flac \
+	  --tasks transcribe,caption,events,summarize,think,speak
+	@echo
 	$(BIN)/earshot eval demo --model models/golden --sample examples/golden/demo.flac
 	@echo
-	@echo "models/golden knows only its synthetic corpus (docs/golden.md); for real audio point"
-	@echo "EARSHOT_MODEL_PATH at real AF3 weights (README)."
+	@echo "models/golden knows only its synthetic corpus and is not yet accurate (docs/golden.md);"
+	@echo "for real audio point EARSHOT_MODEL_PATH at real AF3 weights (README)."
 
 services:
 	bash scripts/start-services.sh
