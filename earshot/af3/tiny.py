@@ -11,6 +11,7 @@ construction.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from earshot.af3.chat import SOUND_TOKEN
@@ -47,7 +48,21 @@ The alarm rings at ten seconds and ends at fifteen seconds. Chapter one introduc
 """
 
 
-def _train_tokenizer(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class ModelSize:
+    """The shape of a small AF3: the tiny random one (the defaults) or the golden one."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    encoder_hidden: int | None = None  # defaults to hidden
+    encoder_layers: int | None = None  # defaults to layers
+    ffn_mult: int = 2  # feed-forward width = ffn_mult x hidden, in both towers
+    vocab_size: int = 4000
+
+
+def train_tokenizer(lines: list[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE (as Qwen2's) learned from ``lines``: its vocabulary and merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -59,7 +74,6 @@ def _train_tokenizer(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, s
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [line for line in _CORPUS.split("\n") if line] * 20
     tok.train_from_iterator(lines, trainer=trainer)
     state = json.loads(tok.to_str())
     vocab: dict[str, int] = state["model"]["vocab"]
@@ -74,6 +88,21 @@ def build_tiny_checkpoint(
     out_dir: str | Path, *, seed: int = 0, vocab_size: int = 4000, with_think: bool = True
 ) -> Path:
     """Write a tiny AF3 (64-dim encoder and Qwen2, 2 layers each) to ``out_dir``."""
+    lines = [line for line in _CORPUS.split("\n") if line] * 20
+    return build_checkpoint(
+        out_dir, size=ModelSize(vocab_size=vocab_size), tokenizer_lines=lines, seed=seed, with_think=with_think
+    )
+
+
+def build_checkpoint(
+    out_dir: str | Path,
+    *,
+    size: ModelSize,
+    tokenizer_lines: list[str],
+    seed: int = 0,
+    with_think: bool = True,
+) -> Path:
+    """Write a small random AF3 of ``size`` whose tokenizer learned ``tokenizer_lines``."""
     import torch
     from transformers import (
         AudioFlamingo3Config,
@@ -90,7 +119,7 @@ def build_tiny_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    vocab, merges = _train_tokenizer(vocab_size)
+    vocab, merges = train_tokenizer(tokenizer_lines, size.vocab_size)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -98,22 +127,23 @@ def build_tiny_checkpoint(
     pad_id = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))  # type: ignore[arg-type]
     sound_id = int(tokenizer.convert_tokens_to_ids(SOUND_TOKEN))  # type: ignore[arg-type]
 
+    enc_hidden = size.encoder_hidden or size.hidden
     # max_source_positions must stay 1500: it fixes the 30 s window / 750 token geometry.
     audio_config = AudioFlamingo3EncoderConfig(
         num_mel_bins=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        hidden_size=64,
+        num_hidden_layers=size.encoder_layers or size.layers,
+        num_attention_heads=size.heads,
+        intermediate_size=size.ffn_mult * enc_hidden,
+        hidden_size=enc_hidden,
         max_source_positions=1500,
     )
     text_config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        hidden_size=size.hidden,
+        intermediate_size=size.ffn_mult * size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=max(1, size.heads // 2),
         max_position_embeddings=32768,
         tie_word_embeddings=True,
         eos_token_id=eos_id,

@@ -87,6 +87,7 @@ def _init(spec_path: str, out: str) -> None:
         heads=m.heads,
         encoder_hidden=m.encoder_hidden,
         encoder_layers=m.encoder_layers,
+        ffn_mult=4,
         vocab_size=m.vocab_size,
     )
     path = build_golden_init(out, spec, size, seed=m.seed)
