@@ -65,7 +65,10 @@ def serve(
         def stop(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, stop)
+        # SIGINT explicitly too: a process started from a background shell inherits SIGINT as
+        # ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C (or a
+        # supervisor's SIGINT) would leave the server running.
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             err_console.print(f"starting tritonserver ({'CPU' if cpu else 'GPU'}) with weights {weights}")
             server.start(wait=True, foreground=True)
@@ -82,7 +85,8 @@ def serve(
             err_console.print(f"[red]{exc.message}")
             raise typer.Exit(code=1) from exc
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             server.stop()
     raise typer.Exit(code=code)
 
