@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from earshot.db.session import ensure_sqlite_dir
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -19,6 +21,8 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(revision: str = "heads", *, url: str) -> None:
+    # A fresh checkout has no .earshot/ yet: SQLite cannot create the file's directory itself.
+    ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -25,14 +25,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """The directory of an embedded (SQLite file) database exists; other URLs are left alone."""
+    if not url.startswith("sqlite"):
+        return
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def prepare_sqlite(url: str, engine: Engine) -> None:
     """The embedded database's directory exists, and every connection gets WAL and foreign keys.
 
     ``engine`` is a sync engine (for an async one, pass its ``sync_engine``).
     """
-    path = url.split("///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_dir(url)
     event.listen(engine, "connect", _sqlite_pragmas)
 
 
