@@ -46,7 +46,23 @@ def _wait_port(port: int, timeout: float, up: bool = True) -> None:
     raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout:.0f} s")
 
 
-class PrivatePostgres:
+class _PrivateServer:
+    """A server this test suite owns: stopped and its files removed, whatever state it is in."""
+
+    root: Path
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except Exception:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivatePostgres(_PrivateServer):
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="earshot-faults-pg-"))
         self.data = self.root / "data"
@@ -75,15 +91,8 @@ class PrivatePostgres:
         self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
         _wait_port(self.port, 30, up=False)
 
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        except Exception:
-            pass
-        shutil.rmtree(self.root, ignore_errors=True)
 
-
-class PrivateRabbit:
+class PrivateRabbit(_PrivateServer):
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="earshot-faults-mq-"))
         self.port = free_port()
@@ -135,13 +144,6 @@ class PrivateRabbit:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
         _wait_port(self.port, 30, up=False)
-
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        except Exception:
-            pass
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class TcpProxy:

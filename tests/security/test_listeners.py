@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from earshot.config import Settings
 from services.ingest.runner import run_bridge
 
@@ -39,7 +37,6 @@ def _wait_listening(port: int) -> str | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_ingest_metrics_and_webhook_listen_on_loopback_by_default(pg_url: str) -> None:
     settings = Settings(_env_file=None, database_url=pg_url, ingest_webhook_secret="x" * 20,  # type: ignore[call-arg]
                         ingest_buckets=["uploads"])
@@ -122,7 +119,6 @@ def test_header_deadline_protocol_loads_by_import_path_for_multiprocess_uvicorn(
     assert config.http_protocol_class is HeaderDeadlineH11Protocol
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_earshot_api_is_local_by_default_and_drops_never_ending_headers(tmp_path: Path) -> None:
     """`earshot api` as shipped: 127.0.0.1, and a slowloris connection is closed (header deadline 10 s)."""
     import os
