@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,17 +237,18 @@ def test_cli_serve_runs_in_the_foreground_with_a_neural_voice(tmp_path: Path, ti
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+    lines: list[str] = []
+    # Read the CLI's output as it comes: the test acts on the CLI's own "ready" claim, not on
+    # the server's, so a CLI that says ready too early (or never) fails here.
+    reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in proc.stdout or []), daemon=True)
+    reader.start()
     try:
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if client.is_model_ready(p.TTS):
-                    break
-            except InferenceServerException:
-                pass
-            time.sleep(0.5)
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        while time.monotonic() < deadline and proc.poll() is None and not any("ready" in line for line in lines):
+            time.sleep(0.25)
+        assert any("ready" in line for line in lines), "".join(lines)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
+        assert client.is_model_ready(p.TTS)
         text = np.array([["Hello, naïve café."]], dtype=np.object_)
         spoken = client.infer(p.TTS, _inputs(grpcclient, text=text))
         assert int(spoken.as_numpy(p.SAMPLES)[0, 0]) > 0
@@ -258,9 +260,12 @@ def test_cli_serve_runs_in_the_foreground_with_a_neural_voice(tmp_path: Path, ti
             assert port_in_use(port, "127.0.0.1") and not port_in_use(port, "127.0.0.2"), port
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=120)[0].decode()
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
-    assert "ready" in out
+    # Ctrl-C stopped the server itself, not only the CLI: its listeners are closed.
+    assert not port_in_use(grpc, "127.0.0.1"), out
 
 
 def _stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
