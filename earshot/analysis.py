@@ -1,7 +1,8 @@
 """Per-segment analysis: build the task prompts, ask the engine once, parse what comes back.
 
 Transcription asks AF3 the way it was trained: "Transcribe the input speech." once per speech
-chunk (<= 30 s, found by silero-vad), one utterance per chunk with the chunk's times. Captions,
+chunk (<= 30 s, found by silero-vad), one utterance per sentence of its answer, timed from the
+chunk's voice-activity regions (earshot/sentences.py). Captions,
 events, summaries, thinking and questions are asked about the whole <= 600 s segment. All of
 a segment's prompts and audios go to the engine in one call, so it can batch them; a silent
 segment that only needs a transcript costs no model call at all.
@@ -23,6 +24,7 @@ from earshot.config import Settings
 from earshot.engines.base import Ask, Engine, Generation
 from earshot.grounding import GroundingResult, absolutize_times, parse_grounding
 from earshot.results import Event, Reasoning, Utterance
+from earshot.sentences import place_sentences
 
 NO_ADAPTER_NOTE = (
     "No think adapter is loaded for this model: the answer comes from the base model given "
@@ -101,7 +103,7 @@ def parse_answers(
 
     ``task_answers`` maps a task to its answer; ``question_answers`` pairs each question
     (the think question first when thinking) with its answer; ``transcript`` pairs each
-    speech chunk with its ASR answer (one utterance per chunk that has words).
+    speech chunk with its ASR answer (one utterance per sentence, earshot.sentences).
     """
     result = SegmentAnalysis(duration_s=duration_s)
     result.raw.update(task_answers)
@@ -110,9 +112,8 @@ def parse_answers(
             f"[{c.start:.2f} - {c.end:.2f}] {text}" for c, text in transcript
         )
     for chunk, text in transcript:
-        words = prompts.strip_transcript(text)
-        if words:
-            result.transcript.append(Utterance(start=chunk.start, end=chunk.end, text=words))
+        for start, end, sentence in place_sentences(chunk, prompts.strip_transcript(text)):
+            result.transcript.append(Utterance(start=start, end=end, text=sentence))
     if "caption" in result.raw:
         result.caption = result.raw["caption"].strip()
     if "events" in result.raw:

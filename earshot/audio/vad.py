@@ -32,6 +32,8 @@ class SpeechChunk:
     end: float
     # seconds of detected speech inside the span (pauses within a chunk excluded)
     speech_s: float
+    # the voice-activity regions the chunk was merged from: where its sentences can sit
+    regions: tuple[tuple[float, float], ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -91,19 +93,21 @@ def merge_regions(
     """Consecutive speech regions merged into chunks of at most ``max_chunk_s`` (WhisperX's merge,
     plus a chunk break at pauses longer than ``max_gap_s``)."""
     chunks: list[SpeechChunk] = []
-    start = end = speech = 0.0
-    open_ = False
+    held: list[tuple[float, float]] = []
     for r_start, r_end in _split_long(regions, max_chunk_s):
-        if open_ and (r_end - start > max_chunk_s or r_start - end > max_gap_s):
-            chunks.append(SpeechChunk(start, end, speech))
-            open_ = False
-        if not open_:
-            start, speech, open_ = r_start, 0.0, True
-        end = r_end
-        speech += r_end - r_start
-    if open_:
-        chunks.append(SpeechChunk(start, end, speech))
+        if held and (r_end - held[0][0] > max_chunk_s or r_start - held[-1][1] > max_gap_s):
+            chunks.append(_chunk(held))
+            held = []
+        held.append((r_start, r_end))
+    if held:
+        chunks.append(_chunk(held))
     return chunks
+
+
+def _chunk(regions: Sequence[tuple[float, float]]) -> SpeechChunk:
+    return SpeechChunk(
+        regions[0][0], regions[-1][1], sum(b - a for a, b in regions), regions=tuple(regions)
+    )
 
 
 def _split_long(regions: Sequence[tuple[float, float]], max_s: float) -> list[tuple[float, float]]:

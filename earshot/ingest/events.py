@@ -24,6 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
+from earshot.storage import normalise_version_id
+
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_RECORDS",
@@ -166,8 +168,7 @@ def _record(record: object, index: int) -> ObjectEvent:
         event_name=name.removeprefix("s3:"),
         size=_size(obj.get("size")),
         etag=_etag(obj.get("eTag", obj.get("etag"))),
-        # "null" is S3's version id of objects written while versioning was off
-        version_id=str(version) if version not in (None, "", "null") else None,
+        version_id=normalise_version_id(version),
         sequencer=str(obj["sequencer"]) if obj.get("sequencer") else None,
         event_time=parse_time(record.get("eventTime")),
         record=record,

@@ -23,6 +23,7 @@ from earshot.audio.vad import speech_chunks
 from earshot.config import Settings
 from earshot.engines.base import Ask, Generation
 from earshot.engines.local import LocalEngine
+from earshot.sentences import place_sentences
 from services.cli.main import app
 from tests.fixtures.speech import SENTENCES, speech_track, spoken
 
@@ -62,12 +63,18 @@ def test_one_utterance_per_speech_chunk_and_one_subtitle_cue_each(local: tuple[L
     for chunk, (start, end) in zip(chunks, speech, strict=True):
         assert abs(chunk.start - start) <= EDGE_S and abs(chunk.end - end) <= EDGE_S
         assert chunk.duration_s <= 30.0
-    # one utterance per chunk, with the chunk's times; a chunk the model found no words in
-    # (the tiny model's noise can be empty) gives none rather than an empty cue
-    worded = [c for c, g in zip(chunks, spy.answers, strict=True) if prompts.strip_transcript(g.text)]
-    assert len(worded) >= 2
-    assert [(u.start, u.end) for u in result.transcript] == [(c.start, c.end) for c in worded]
-    assert all(u.text for u in result.transcript)
+    # one utterance per sentence of each chunk's answer, inside the chunk, in order; a chunk the
+    # model found no words in (the tiny model's noise can be empty) gives none, not an empty cue
+    placed = [
+        (c, place_sentences(c, prompts.strip_transcript(g.text))) for c, g in zip(chunks, spy.answers, strict=True)
+    ]
+    assert sum(1 for _, cues in placed if cues) >= 2
+    assert [(u.start, u.end, u.text) for u in result.transcript] == [cue for _, cues in placed for cue in cues]
+    for chunk, cues in placed:
+        for start, end, text in cues:
+            assert chunk.start <= start <= end <= chunk.end and text
+        if cues:
+            assert cues[0][0] == chunk.start and cues[-1][1] == chunk.end
     # all chunks went to the engine in ONE call, each with AF3's trained prompt
     ((asks, audios),) = spy.calls
     assert [a.prompt for a in asks] == [prompts.TRANSCRIBE] * 3

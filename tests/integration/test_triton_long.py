@@ -25,8 +25,7 @@ PER_JOB = {"job_id", "outputs", "speech_uri"}
 def _run(monkeypatch: pytest.MonkeyPatch, source: Path, engine: str) -> dict[str, Any]:
     from services.cli.main import app
 
-    # `run` writes its flags into os.environ; registering them here makes the test undo that.
-    monkeypatch.setenv("EARSHOT_ENGINE", engine)
+    # --engine is a per-run override (settings.model_copy), not the environment's EARSHOT_ENGINE
     reset_engines()
     # The CLI points the root logger at its (captured, soon closed) stderr: put ours back.
     root = logging.getLogger()
