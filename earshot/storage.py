@@ -1,6 +1,8 @@
 """One object-store interface over ``s3://`` (AWS, MinIO, moto) and ``file://``.
 
-Every function takes a URI string. Accepted forms:
+Every function takes a URI string and, for ``s3://``, the caller's ``settings=`` (the endpoint
+and region; credentials come from boto3's chain). Local files need no settings; an S3 URI
+without them is a ConfigError, never a silent fall back to the process's settings. Accepted forms:
 
 - ``s3://bucket/key`` -- the key is taken literally (no percent-decoding), as the AWS CLI does;
 - ``file:///abs/path`` -- percent-decoded, as produced by ``Path.as_uri()``;
@@ -53,12 +55,13 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from earshot.config import get_settings
-from earshot.errors import StorageError
+from earshot.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
+
+    from earshot.config import Settings
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -279,12 +282,11 @@ def _client_for(endpoint_url: str | None, region: str) -> S3Client:
     return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
-def s3_client() -> S3Client:
-    """The cached S3 client for the current Settings (endpoint and region).
+def s3_client(settings: Settings) -> S3Client:
+    """The cached S3 client for the caller's settings (endpoint and region).
 
     Credentials come from boto3's standard chain (AWS_* env vars, profiles, IRSA, ...).
     """
-    settings = get_settings()
     return _client_for(settings.s3_endpoint_url or None, settings.s3_region)
 
 
@@ -710,8 +712,16 @@ class S3Backend:
 _FILES = FileBackend()
 
 
-def backend_for(ref: ObjectRef) -> Backend:
-    return _FILES if ref.scheme == "file" else S3Backend(s3_client())
+def backend_for(ref: ObjectRef, settings: Settings | None = None) -> Backend:
+    """Local files need nothing; S3 needs the caller's settings (its endpoint and region)."""
+    if ref.scheme == "file":
+        return _FILES
+    if settings is None:
+        raise ConfigError(
+            f"{ref.uri}: S3 access needs the caller's settings (endpoint and region)",
+            code="storage_needs_settings",
+        )
+    return S3Backend(s3_client(settings))
 
 
 # --------------------------------------------------------------------------- module API
@@ -719,7 +729,11 @@ def backend_for(ref: ObjectRef) -> Backend:
 
 @contextmanager
 def open_read(
-    uri: str, *, buffer_size: int = 1024 * 1024, version: ObjectInfo | None = None
+    uri: str,
+    *,
+    buffer_size: int = 1024 * 1024,
+    version: ObjectInfo | None = None,
+    settings: Settings | None = None,
 ) -> Iterator[BinaryIO]:
     """Open an object for streaming reads; nothing is loaded whole into memory.
 
@@ -729,16 +743,16 @@ def open_read(
     ref = parse_uri(uri)
     version_id = version.version_id if version is not None else None
     if_match = version.etag if version is not None and not version_id else None
-    stream = backend_for(ref).open_read(ref, version_id=version_id, if_match=if_match)
+    stream = backend_for(ref, settings).open_read(ref, version_id=version_id, if_match=if_match)
     try:
         yield stream
     finally:
         stream.close()
 
 
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+def read_bytes(uri: str, max_bytes: int | None = None, *, settings: Settings | None = None) -> bytes:
     """Read a small object whole; beyond ``max_bytes`` raise StorageError(code="too_large")."""
-    with open_read(uri) as stream:
+    with open_read(uri, settings=settings) as stream:
         if max_bytes is None:
             return stream.read()
         # One byte more than allowed tells "exactly max" from "too big" without reading on.
@@ -754,47 +768,56 @@ def download_to(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
     version: ObjectInfo | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Stream an object (``version``: exactly that version) into a local file, atomically."""
     target = Path(path)
-    with open_read(uri, version=version) as stream:
+    with open_read(uri, version=version, settings=settings) as stream:
         return _atomic_write(target, lambda out: _copy(stream, out, chunk_size))
 
 
-def put_bytes(uri: str, data: bytes, content_type: str | None = None) -> str:
+def put_bytes(
+    uri: str, data: bytes, content_type: str | None = None, *, settings: Settings | None = None
+) -> str:
     """Store ``data`` at ``uri``; returns the canonical URI.
 
     Without ``content_type`` S3 objects get one guessed from the key's extension.
     """
     ref = parse_uri(uri)
-    backend_for(ref).put_bytes(ref, data, content_type)
+    backend_for(ref, settings).put_bytes(ref, data, content_type)
     return ref.uri
 
 
-def put_file(uri: str, path: str | os.PathLike[str], content_type: str | None = None) -> str:
+def put_file(
+    uri: str,
+    path: str | os.PathLike[str],
+    content_type: str | None = None,
+    *,
+    settings: Settings | None = None,
+) -> str:
     """Upload a local file (multipart above 8 MiB on S3); returns the canonical URI."""
     ref = parse_uri(uri)
     source = Path(path)
     if not source.is_file():
         raise NotFound(f"cannot upload {source}: no such local file")
-    backend_for(ref).put_file(ref, source, content_type)
+    backend_for(ref, settings).put_file(ref, source, content_type)
     return ref.uri
 
 
-def exists(uri: str) -> bool:
+def exists(uri: str, *, settings: Settings | None = None) -> bool:
     """True if an object (not a prefix/directory) exists at ``uri``."""
     ref = parse_uri(uri)
-    return backend_for(ref).exists(ref)
+    return backend_for(ref, settings).exists(ref)
 
 
-def head(uri: str, *, version_id: str | None = None) -> ObjectInfo:
+def head(uri: str, *, version_id: str | None = None, settings: Settings | None = None) -> ObjectInfo:
     """The object's current version (or the given one); NotFound if it is not there."""
     ref = parse_uri(uri)
-    return backend_for(ref).head(ref, version_id=version_id)
+    return backend_for(ref, settings).head(ref, version_id=version_id)
 
 
 def list_objects(
-    prefix_uri: str, recursive: bool = True, *, page_size: int = 1000
+    prefix_uri: str, recursive: bool = True, *, page_size: int = 1000, settings: Settings | None = None
 ) -> Iterator[ObjectInfo]:
     """Objects whose key starts with the prefix, in key order, fetched page by page.
 
@@ -802,16 +825,16 @@ def list_objects(
     A missing S3 bucket raises StorageError(not_found); a missing local directory is empty.
     """
     ref = parse_uri(prefix_uri)
-    yield from backend_for(ref).list(ref, recursive, page_size)
+    yield from backend_for(ref, settings).list(ref, recursive, page_size)
 
 
-def delete(uri: str) -> None:
+def delete(uri: str, *, settings: Settings | None = None) -> None:
     """Delete one object; deleting a missing object is not an error (as on S3)."""
     ref = parse_uri(uri)
-    backend_for(ref).delete(ref)
+    backend_for(ref, settings).delete(ref)
 
 
-def delete_prefix(prefix_uri: str) -> int:
+def delete_prefix(prefix_uri: str, *, settings: Settings | None = None) -> int:
     """Delete every object under a prefix; returns how many were deleted.
 
     An empty S3 key or the file-system root is refused, so a bad setting cannot wipe a
@@ -820,16 +843,18 @@ def delete_prefix(prefix_uri: str) -> int:
     ref = parse_uri(prefix_uri)
     if (ref.scheme == "s3" and not ref.key) or (ref.scheme == "file" and ref.key == "/"):
         raise ValueError(f"refusing to delete everything under {ref.uri}")
-    return backend_for(ref).delete_prefix(ref)
+    return backend_for(ref, settings).delete_prefix(ref)
 
 
-def presign(uri: str, expires_s: int = 3600) -> str:
+def presign(uri: str, expires_s: int = 3600, *, settings: Settings | None = None) -> str:
     """A URL anyone can GET for ``expires_s`` seconds; for local files, the file URI."""
     ref = parse_uri(uri)
-    return backend_for(ref).presign(ref, expires_s)
+    return backend_for(ref, settings).presign(ref, expires_s)
 
 
-def mirror_prefix(prefix_uri: str, cache_root: str | os.PathLike[str]) -> tuple[Path, int]:
+def mirror_prefix(
+    prefix_uri: str, cache_root: str | os.PathLike[str], *, settings: Settings | None = None
+) -> tuple[Path, int]:
     """A local directory holding everything under ``prefix_uri``, and how many files it has.
 
     A local path is used in place (count 0, nothing copied). An S3 prefix is mirrored into
@@ -842,7 +867,7 @@ def mirror_prefix(prefix_uri: str, cache_root: str | os.PathLike[str]) -> tuple[
     prefix = ref.key.rstrip("/") + "/"
     target = Path(cache_root) / (ref.bucket or "") / prefix
     found = 0
-    for info in list_objects(f"s3://{ref.bucket}/{prefix}"):
+    for info in list_objects(f"s3://{ref.bucket}/{prefix}", settings=settings):
         rel = parse_uri(info.uri).key[len(prefix) :]
         if not rel or rel.endswith("/"):
             continue
@@ -851,5 +876,5 @@ def mirror_prefix(prefix_uri: str, cache_root: str | os.PathLike[str]) -> tuple[
         if local.exists() and local.stat().st_size == info.size:
             continue
         local.parent.mkdir(parents=True, exist_ok=True)
-        download_to(info.uri, local)
+        download_to(info.uri, local, settings=settings)
     return target, found

@@ -12,7 +12,7 @@ from earshot.errors import ConfigError
 def resolve_model_dir(model_path: str, settings: Settings) -> Path:
     """Return a local directory holding the checkpoint named by ``model_path``
     (an S3 prefix is mirrored once into ``model_cache_dir``)."""
-    local, found = storage.mirror_prefix(model_path, settings.model_cache_dir)
+    local, found = storage.mirror_prefix(model_path, settings.model_cache_dir, settings=settings)
     if storage.parse_uri(model_path).scheme == "s3" and not found:
         raise ConfigError(f"no model files under {model_path}", code="model_not_found")
     return local

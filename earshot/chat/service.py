@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -204,25 +203,33 @@ def read_window(path: str | Path, start_s: float, end_s: float) -> np.ndarray:
     return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, dtype=np.float32)
 
 
-@lru_cache(maxsize=8)
-def _cached_window(uri: str, version: str, start_s: float, end_s: float) -> np.ndarray:
+# decoded clip windows: a conversation re-sends its clips every turn (a few, so a small FIFO)
+_WINDOWS: dict[tuple[str, str, float, float], np.ndarray] = {}
+_WINDOWS_MAX = 8
+
+
+def _read_clip(uri: str, start_s: float, end_s: float, settings: Settings) -> np.ndarray:
     import tempfile
 
     ref = storage.parse_uri(uri)
     if ref.scheme == "file":
-        audio = read_window(ref.path, start_s, end_s)
-    else:
-        with tempfile.TemporaryDirectory(prefix="earshot-chat-") as tmp:
-            local = Path(tmp) / (PurePosixPath(ref.key).name or "audio")
-            storage.download_to(uri, local)
-            audio = read_window(local, start_s, end_s)
-    audio.flags.writeable = False
-    return audio
+        return read_window(ref.path, start_s, end_s)
+    with tempfile.TemporaryDirectory(prefix="earshot-chat-") as tmp:
+        local = Path(tmp) / (PurePosixPath(ref.key).name or "audio")
+        storage.download_to(uri, local, settings=settings)
+        return read_window(local, start_s, end_s)
 
 
-def clip_audio(clip: ClipPlan | ConversationClip) -> np.ndarray:
-    """The clip's samples (cached: a conversation re-sends its clips every turn)."""
-    audio = _cached_window(clip.source_uri, clip.source_version, float(clip.start_s), float(clip.end_s))
+def clip_audio(clip: ClipPlan | ConversationClip, settings: Settings) -> np.ndarray:
+    """The clip's samples, from the version the clip was planned on (cached, read-only)."""
+    key = (clip.source_uri, clip.source_version, float(clip.start_s), float(clip.end_s))
+    audio = _WINDOWS.get(key)
+    if audio is None:
+        audio = _read_clip(clip.source_uri, key[2], key[3], settings)
+        audio.flags.writeable = False
+        if len(_WINDOWS) >= _WINDOWS_MAX:
+            _WINDOWS.pop(next(iter(_WINDOWS)), None)
+        _WINDOWS[key] = audio
     if audio.shape[0] == 0:
         raise InputError(f"clip {clip.label} [{clip.start_s:.1f}-{clip.end_s:.1f} s] holds no audio", code="empty_clip")
     return audio
@@ -373,13 +380,13 @@ def prepare_turn(
         if t.role == "user":
             attached = by_turn.get(t.seq, [])
             turns.append(Turn("user", user_text(t.text, [(c.idx + 1, c) for c in attached])))
-            clips_in_order.extend(clip_audio(c) for c in attached)
+            clips_in_order.extend(clip_audio(c, settings) for c in attached)
         else:
             turns.append(Turn("assistant", t.text))
     waiting = by_turn.get(None, [])
     numbered: list[tuple[int, ClipPlan | ConversationClip]] = [(c.idx + 1, c) for c in waiting]
     numbered += [(conv.clip_count + i + 1, p) for i, p in enumerate(plans)]
-    clips_in_order.extend(clip_audio(c) for _, c in numbered)
+    clips_in_order.extend(clip_audio(c, settings) for _, c in numbered)
     # one <sound> per prompt: every clip so far, joined, rides on the question being asked
     joined, spans = join_clips(clips_in_order)
     text = user_text(question, numbered)
@@ -436,7 +443,7 @@ def finish_turn(
             speech_uri = storage.join_uri(
                 settings.output_url, "conversations", prepared.conversation_id, f"turn-{answer_seq:04d}.wav"
             )
-            storage.put_bytes(speech_uri, speech.wav, content_type="audio/wav")
+            storage.put_bytes(speech_uri, speech.wav, content_type="audio/wav", settings=settings)
             speech_s = speech.duration_s
         except EarshotError as exc:
             log.warning("could not speak the answer: %s", exc.message)

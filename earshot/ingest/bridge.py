@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 from prometheus_client import Counter
@@ -102,14 +103,14 @@ class Bridge:
         *,
         enqueue: Enqueue,
         filters: Filters | None = None,
-        head: Callable[[str, str, str | None], storage.ObjectInfo | Skip | Reject] = head_object,
+        head: Callable[[str, str, str | None], storage.ObjectInfo | Skip | Reject] | None = None,
         probe_broker: Callable[[], None] | None = None,
     ) -> None:
         output_prefix_for(settings, "check")  # refuse an empty output prefix at start-up
         self.settings = settings
         self.enqueue = enqueue
         self.filters = filters or Filters.from_settings(settings)
-        self.head = head
+        self.head = head or partial(head_object, settings=settings)
         self.probe_broker = probe_broker
 
     def ready(self) -> str | None:

@@ -120,7 +120,7 @@ def scan(
     newest = datetime.now(UTC) - timedelta(seconds=min_age_s)
     source = f"scan:{ref.uri}"
 
-    for chunk in _chunks(storage.list_objects(ref.uri), _BATCH):
+    for chunk in _chunks(storage.list_objects(ref.uri, settings=settings), _BATCH):
         report.listed += len(chunk)
         candidates: list[tuple[storage.ObjectInfo, str]] = []
         for info in chunk:
@@ -169,7 +169,7 @@ def _submit_missing(
     source: str,
     report: ScanReport,
 ) -> None:
-    found = head_object(bucket, key) if settings.ingest_verify_objects else info
+    found = head_object(bucket, key, settings=settings) if settings.ingest_verify_objects else info
     if isinstance(found, Skip):
         report.skipped[found.reason] = report.skipped.get(found.reason, 0) + 1
         return

@@ -72,13 +72,15 @@ def output_prefix_for(settings: Settings, bucket: str) -> str:
     return storage.join_uri(f"s3://{bucket}/", prefix)
 
 
-def head_object(bucket: str, key: str, version_id: str | None = None) -> storage.ObjectInfo | Skip | Reject:
+def head_object(
+    bucket: str, key: str, version_id: str | None = None, *, settings: Settings
+) -> storage.ObjectInfo | Skip | Reject:
     """The object as S3 has it now; Skip if it is gone, Reject if the bucket is unknown.
 
     Transient failures raise StorageError(retryable=True); the message is retried.
     """
     try:
-        return storage.head(f"s3://{bucket}/{key}", version_id=version_id)
+        return storage.head(f"s3://{bucket}/{key}", version_id=version_id, settings=settings)
     except storage.NotFound as exc:
         if exc.bucket_missing:
             return Reject("unknown_bucket", f"bucket {bucket!r} does not exist")

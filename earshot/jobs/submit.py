@@ -7,16 +7,17 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from earshot import storage
+from earshot.config import Settings
 from earshot.db.models import Job
 from earshot.errors import InputError, StorageError
 from earshot.jobs.service import create_job
 
 
-def source_for(uri_or_path: str) -> storage.ObjectInfo:
+def source_for(uri_or_path: str, *, settings: Settings) -> storage.ObjectInfo:
     """Describe an existing object; a missing one is an input error, not a crash."""
     ref = storage.parse_uri(uri_or_path)
     try:
-        return storage.head(ref.uri)
+        return storage.head(ref.uri, settings=settings)
     except StorageError as exc:
         if exc.retryable:
             raise
@@ -27,6 +28,7 @@ def submit(
     session: Session,
     uri_or_path: str,
     *,
+    settings: Settings,
     tasks: Sequence[str],
     engine: str,
     questions: Sequence[str] = (),
@@ -35,7 +37,7 @@ def submit(
     output_stem: str | None = None,
     callback_url: str | None = None,
 ) -> tuple[Job, bool]:
-    source = source_for(uri_or_path)
+    source = source_for(uri_or_path, settings=settings)
     options: dict[str, object] = {}
     if output_stem:
         options["output_stem"] = output_stem

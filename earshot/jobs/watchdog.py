@@ -82,7 +82,7 @@ def settle_job(job_id: str, *, settings: Settings, send_callback: Send) -> bool:
         if job is None or job.status not in TERMINAL_STATUSES or job.settled_at is not None:
             return False
         deliveries = pending_deliveries(s, job_id)
-    storage.delete_prefix(scratch_prefix(settings, job_id) + "/")
+    storage.delete_prefix(scratch_prefix(settings, job_id) + "/", settings=settings)
     for delivery_id in deliveries:
         send_callback(delivery_id)
     with session_scope(settings.database_url) as s:

@@ -38,7 +38,7 @@ def analyze_segment(job_id: str, index: int, engine: Engine, *, settings: Settin
 
     with tempfile.TemporaryDirectory(prefix="earshot-") as tmp:
         local = Path(tmp) / "segment.flac"
-        storage.download_to(uri, local)
+        storage.download_to(uri, local, settings=settings)
         samples, _ = read_audio(local)
     analysis = analyze_audio(
         engine, samples, tasks=tasks, questions=questions, settings=settings

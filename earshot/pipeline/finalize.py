@@ -157,22 +157,24 @@ def answer(job: FinalizeInput, engine: Engine, settings: Settings) -> None:
             save_file_reasoning(s, job_id=job.job_id, items=file_answers)
 
 
-def _is_current(job: FinalizeInput) -> bool:
+def _is_current(job: FinalizeInput, settings: Settings) -> bool:
     """Is the job's version still the object's current one? Only then is "latest" written."""
     try:
-        now = storage.head(job.pinned.uri)
+        now = storage.head(job.pinned.uri, settings=settings)
     except storage.NotFound:
         return False
     return now.version == job.pinned.version
 
 
-def _put(job: FinalizeInput, name: str, ext: str, data: bytes, content_type: str, latest: bool) -> None:
+def _put(
+    job: FinalizeInput, name: str, ext: str, data: bytes, content_type: str, *, latest: bool, settings: Settings
+) -> None:
     uri = job.plan.uri(ext)
-    storage.put_bytes(uri, data, content_type=content_type)
+    storage.put_bytes(uri, data, content_type=content_type, settings=settings)
     job.outputs[name] = uri
     latest_uri = job.plan.latest_uri(ext)
     if latest and latest_uri is not None:
-        storage.put_bytes(latest_uri, data, content_type=content_type)
+        storage.put_bytes(latest_uri, data, content_type=content_type, settings=settings)
         job.latest[name] = latest_uri
 
 
@@ -181,7 +183,7 @@ def speak(job: FinalizeInput, engine: Engine, settings: Settings, summary: str) 
         return
     text = summary or " ".join(job.captions) or "The recording was processed."
     speech = engine.speak(text)
-    _put(job, "wav", ".wav", speech.wav, "audio/wav", latest=_is_current(job))
+    _put(job, "wav", ".wav", speech.wav, "audio/wav", latest=_is_current(job, settings), settings=settings)
     with session_scope(settings.database_url) as s:
         save_speech(
             s, job_id=job.job_id, uri=job.outputs["wav"], duration_s=speech.duration_s,
@@ -200,10 +202,10 @@ def export(job: FinalizeInput, settings: Settings) -> None:
         s.flush()
         report = build_report(s, row)
     report.status = "succeeded"
-    latest = _is_current(job)
+    latest = _is_current(job, settings)
     for fmt in EXPORT_FORMATS:
         spec = exports.FORMATS[fmt]
-        _put(job, fmt, spec.extension, spec.render(report).encode(), spec.content_type, latest=latest)
+        _put(job, fmt, spec.extension, spec.render(report).encode(), spec.content_type, latest=latest, settings=settings)
 
 
 def complete(job: FinalizeInput, engine: Engine, settings: Settings, started: float) -> bool:

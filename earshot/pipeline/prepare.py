@@ -38,10 +38,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_version(source: storage.ObjectInfo) -> storage.ObjectInfo:
+def _check_version(source: storage.ObjectInfo, settings: Settings) -> storage.ObjectInfo:
     """The job's version as the store has it now; Superseded if it is gone or replaced."""
     try:
-        info = storage.head(source.uri, version_id=source.version_id)
+        info = storage.head(source.uri, version_id=source.version_id, settings=settings)
     except storage.NotFound as exc:
         if exc.bucket_missing or not source.version:
             raise InputError(f"cannot read {source.uri}: {exc.message}", code="source_not_found") from exc
@@ -53,9 +53,9 @@ def _check_version(source: storage.ObjectInfo) -> storage.ObjectInfo:
     return info
 
 
-def _download(source: storage.ObjectInfo, local: Path) -> None:
+def _download(source: storage.ObjectInfo, local: Path, settings: Settings) -> None:
     try:
-        storage.download_to(source.uri, local, version=source if source.version else None)
+        storage.download_to(source.uri, local, version=source if source.version else None, settings=settings)
     except StorageError as exc:
         if exc.code == "version_mismatch" or (isinstance(exc, storage.NotFound) and not exc.bucket_missing):
             raise Superseded(f"{source.uri} changed while this job read it: {exc.message}") from exc
@@ -98,7 +98,7 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
         audio_file_id = job.audio_file_id
         tenant_id = job.tenant_id
 
-    info = _check_version(source)
+    info = _check_version(source, settings)
     if info.size == 0:
         raise AudioError("file is empty (0 bytes)", code="empty_file")
     if info.size is not None and info.size > settings.max_file_bytes:
@@ -112,7 +112,7 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
     with tempfile.TemporaryDirectory(prefix="earshot-") as tmp:
         suffix = PurePosixPath(storage.parse_uri(source.uri).key).suffix[:16]
         local = Path(tmp) / f"input{suffix}"
-        _download(source, local)
+        _download(source, local, settings)
         audio_info = probe(local, max_duration_s=settings.max_duration_s)
         if audio_info.duration_s is not None:
             _check_audio_budget(settings, tenant_id, job_id, audio_info.duration_s)
@@ -124,7 +124,7 @@ def prepare_job(job_id: str, settings: Settings) -> list[int]:
             flac = Path(tmp) / f"seg-{seg.index:05d}.flac"
             write_flac(seg.samples, flac)
             uri = storage.join_uri(prefix, flac.name)
-            storage.put_file(uri, flac, content_type="audio/flac")
+            storage.put_file(uri, flac, content_type="audio/flac", settings=settings)
             flac.unlink()
             rows.append(
                 m.Segment(

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from earshot import storage
+from earshot.config import Settings
 from earshot.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def read_json(uri: str) -> dict[str, Any] | None:
+def read_json(uri: str, *, settings: Settings) -> dict[str, Any] | None:
     try:
-        data = json.loads(storage.read_bytes(uri, max_bytes=16 * 1024 * 1024))
+        data = json.loads(storage.read_bytes(uri, max_bytes=16 * 1024 * 1024, settings=settings))
     except StorageError as exc:
         if exc.code == "not_found":
             return None
@@ -59,15 +60,15 @@ def read_json(uri: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_json(uri: str, data: dict[str, Any]) -> None:
-    storage.put_bytes(uri, json.dumps(data, indent=2, default=str).encode(), "application/json")
+def write_json(uri: str, data: dict[str, Any], *, settings: Settings) -> None:
+    storage.put_bytes(uri, json.dumps(data, indent=2, default=str).encode(), "application/json", settings=settings)
 
 
 # ---- publishing directories ---------------------------------------------------------------------
 
 
 @contextmanager
-def staged_dir(uri: str) -> Iterator[Path]:
+def staged_dir(uri: str, *, settings: Settings) -> Iterator[Path]:
     """A local directory whose files end up at ``uri`` once the block succeeds.
 
     Local outputs are written beside the target and renamed into place; S3 outputs are staged
@@ -89,27 +90,27 @@ def staged_dir(uri: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="earshot-stage-") as tmp_name:
         tmp = Path(tmp_name)
         yield tmp
-        push_dir(tmp, uri)
+        push_dir(tmp, uri, settings=settings)
 
 
-def push_dir(local: Path, uri: str) -> None:
+def push_dir(local: Path, uri: str, *, settings: Settings) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
-            storage.put_file(_join(uri, path.relative_to(local).as_posix()), path)
+            storage.put_file(_join(uri, path.relative_to(local).as_posix()), path, settings=settings)
 
 
-def fetch_dir(uri: str, *, cache: Path) -> Path:
+def fetch_dir(uri: str, *, cache: Path, settings: Settings) -> Path:
     """A local copy of a directory URI (local paths are used in place)."""
-    local, found = storage.mirror_prefix(uri, cache)
+    local, found = storage.mirror_prefix(uri, cache, settings=settings)
     if storage.parse_uri(uri).scheme == "s3" and not found:
         raise ConfigError(f"nothing under {uri}", code="not_found")
     return local
 
 
-def model_dir(uri: str, *, cache: Path) -> Path:
+def model_dir(uri: str, *, cache: Path, settings: Settings) -> Path:
     """Local directory of an AF3 checkpoint named by a path or an s3:// prefix (mirrored under
     ``cache``, the curriculum's cache directory, like the audio and the checkpoints)."""
-    local, found = storage.mirror_prefix(uri, cache)
+    local, found = storage.mirror_prefix(uri, cache, settings=settings)
     if storage.parse_uri(uri).scheme == "s3" and not found:
         raise ConfigError(f"no model files under {uri}", code="model_not_found")
     path = local
@@ -150,6 +151,7 @@ def save_checkpoint(
     is_main: bool,
     distributed: bool,
     keep: int,
+    settings: Settings,
 ) -> str | None:
     """Write checkpoint ``step`` and move LATEST to it; returns its URI on rank 0."""
     msd, osd = gather_training_state(model, optimizer, distributed=distributed)
@@ -157,33 +159,35 @@ def save_checkpoint(
         return None
     name = checkpoint_name(step)
     uri = _join(output, "checkpoints", name)
-    with staged_dir(uri) as tmp:
+    with staged_dir(uri, settings=settings) as tmp:
         torch.save(msd, tmp / "trainable.pt")
         torch.save(osd, tmp / "optimizer.pt")
         (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
-    write_json(_join(output, "checkpoints", LATEST), {"step": step, "dir": name})
-    prune_checkpoints(output, keep=keep, current=step)
+    write_json(_join(output, "checkpoints", LATEST), {"step": step, "dir": name}, settings=settings)
+    prune_checkpoints(output, keep=keep, current=step, settings=settings)
     log.info("checkpoint %s written", uri)
     return uri
 
 
-def prune_checkpoints(output: str, *, keep: int, current: int) -> None:
+def prune_checkpoints(output: str, *, keep: int, current: int, settings: Settings) -> None:
     base = _join(output, "checkpoints") + "/"
     steps: set[int] = set()
-    for info in storage.list_objects(base):
+    for info in storage.list_objects(base, settings=settings):
         rel = storage.parse_uri(info.uri).key.split("/checkpoints/", 1)[-1]
         head = rel.split("/", 1)[0]
         if head.startswith("step-") and head[5:].isdigit():
             steps.add(int(head[5:]))
     for old in sorted(s for s in steps if s != current)[: max(0, len(steps) - keep)]:
-        storage.delete_prefix(_join(output, "checkpoints", checkpoint_name(old)) + "/")
+        storage.delete_prefix(_join(output, "checkpoints", checkpoint_name(old)) + "/", settings=settings)
 
 
-def load_checkpoint(uri: str, *, model: Any, optimizer: torch.optim.Optimizer, cache: Path) -> dict[str, Any]:
+def load_checkpoint(
+    uri: str, *, model: Any, optimizer: torch.optim.Optimizer, cache: Path, settings: Settings
+) -> dict[str, Any]:
     """Restore trainable weights and optimizer state from a checkpoint dir; returns its state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    local = fetch_dir(uri, cache=cache)
+    local = fetch_dir(uri, cache=cache, settings=settings)
     msd = torch.load(local / "trainable.pt", map_location="cpu", weights_only=True)
     osd = torch.load(local / "optimizer.pt", map_location="cpu", weights_only=True)
     expected = {n for n, p in _named_trainable(model)}
@@ -223,52 +227,52 @@ class Start:
     done: dict[str, Any] | None = None
 
 
-def latest_checkpoint(output: str) -> str | None:
-    latest = read_json(_join(output, "checkpoints", LATEST))
+def latest_checkpoint(output: str, *, settings: Settings) -> str | None:
+    latest = read_json(_join(output, "checkpoints", LATEST), settings=settings)
     if not latest or not isinstance(latest.get("dir"), str):
         return None
     return _join(output, "checkpoints", latest["dir"])
 
 
-def describe_source(uri: str) -> tuple[str, str] | None:
+def describe_source(uri: str, *, settings: Settings) -> tuple[str, str] | None:
     """What a --resume-from URI holds: ("checkpoint"|"model", uri to use)."""
-    state = read_json(_join(uri, STATE))
+    state = read_json(_join(uri, STATE), settings=settings)
     if state is not None:
         return "checkpoint", uri
-    done = read_json(_join(uri, DONE))
+    done = read_json(_join(uri, DONE), settings=settings)
     if done is not None and isinstance(done.get("model_uri"), str):
         return "model", done["model_uri"]
-    if storage.exists(_join(uri, "config.json")):
+    if storage.exists(_join(uri, "config.json"), settings=settings):
         return "model", uri
-    latest = latest_checkpoint(uri)
+    latest = latest_checkpoint(uri, settings=settings)
     if latest is not None:
         return "checkpoint", latest
     return None
 
 
-def resolve_start(*, output: str, resume_from: str | None, restart: bool = False) -> Start:
+def resolve_start(*, output: str, resume_from: str | None, settings: Settings, restart: bool = False) -> Start:
     """Pick the starting point of a stage.
 
     1. ``resume_from`` that is a training checkpoint: resume it (an operator asked for it).
     2. The stage's own output: done -> nothing to do; a checkpoint -> resume (a restarted Job).
     3. ``resume_from`` as a model: the previous stage's output or the base checkpoint.
     """
-    source = describe_source(resume_from) if resume_from else None
+    source = describe_source(resume_from, settings=settings) if resume_from else None
     if resume_from and source is None:
         raise ConfigError(
             f"--resume-from {resume_from}: no checkpoint, stage output or AF3 model there",
             code="not_found",
         )
     if source is not None and source[0] == "checkpoint":
-        state = read_json(_join(source[1], STATE)) or {}
+        state = read_json(_join(source[1], STATE), settings=settings) or {}
         return Start(model_uri=str(state.get("base_model", "")), checkpoint_uri=source[1])
     if not restart:
-        done = read_json(_join(output, DONE))
+        done = read_json(_join(output, DONE), settings=settings)
         if done is not None:
             return Start(model_uri=str(done.get("model_uri", "")), done=done)
-        own = latest_checkpoint(output)
+        own = latest_checkpoint(output, settings=settings)
         if own is not None:
-            state = read_json(_join(own, STATE)) or {}
+            state = read_json(_join(own, STATE), settings=settings) or {}
             return Start(model_uri=str(state.get("base_model", "")), checkpoint_uri=own)
     if source is None:
         raise ConfigError(
@@ -290,6 +294,7 @@ def save_stage_model(
     is_lora: bool,
     is_main: bool,
     distributed: bool,
+    settings: Settings,
 ) -> str | None:
     """Write ``<output>/model``: loadable by AF3Runtime.load and the Triton models as it is.
 
@@ -308,7 +313,7 @@ def save_stage_model(
         return None
     uri = _join(output, "model")
     inner = unwrap(model)
-    with staged_dir(uri) as tmp:
+    with staged_dir(uri, settings=settings) as tmp:
         for item in sorted(start_dir.iterdir()):
             if item.name == "think" and is_lora:
                 continue
@@ -334,5 +339,5 @@ def save_stage_model(
     return uri
 
 
-def mark_done(output: str, *, model_uri: str, metrics: dict[str, Any]) -> None:
-    write_json(_join(output, DONE), {"model_uri": model_uri, "metrics": metrics})
+def mark_done(output: str, *, model_uri: str, metrics: dict[str, Any], settings: Settings) -> None:
+    write_json(_join(output, DONE), {"model_uri": model_uri, "metrics": metrics}, settings=settings)

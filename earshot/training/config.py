@@ -8,12 +8,15 @@ must not silently train with the default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from earshot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from earshot.config import Settings
 
 STAGE_ORDER = ("stage1", "stage2", "stage3", "stage3_5", "stage4")
 Part = Literal["projector", "encoder", "llm", "think_lora"]
@@ -204,14 +207,14 @@ def parse_curriculum(data: Any, *, base_dir: Path | None = None, source: str | N
     return cur
 
 
-def load_curriculum(uri: str | Path) -> Curriculum:
-    """Read and validate a curriculum from a local path, file:// or s3:// URI."""
+def load_curriculum(uri: str | Path, *, settings: Settings | None = None) -> Curriculum:
+    """Read and validate a curriculum from a local path, file:// or s3:// URI (S3 needs ``settings``)."""
     from earshot import storage
 
     text_uri = str(uri)
     ref = storage.parse_uri(text_uri)
     try:
-        raw = storage.read_bytes(ref.uri, max_bytes=16 * 1024 * 1024)
+        raw = storage.read_bytes(ref.uri, max_bytes=16 * 1024 * 1024, settings=settings)
     except Exception as exc:
         raise ConfigError(f"cannot read curriculum {text_uri}: {exc}", code="bad_config") from exc
     try:

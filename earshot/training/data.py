@@ -42,6 +42,7 @@ from earshot.af3.runtime import (
     expand_sound_tokens,
     window_token_counts,
 )
+from earshot.config import Settings
 from earshot.errors import AudioError, InputError, StorageError
 from earshot.training.step import IGNORE, Batch, collate
 
@@ -111,9 +112,9 @@ def _manifest_dir(uri: str) -> str:
     return storage.ObjectRef(ref.scheme, ref.bucket, parent).uri
 
 
-def iter_manifest(uri: str) -> Iterator[tuple[int, Any]]:
+def iter_manifest(uri: str, *, settings: Settings) -> Iterator[tuple[int, Any]]:
     """(index, raw record or BadRecord) for a JSON list or a JSONL manifest, streamed."""
-    with storage.open_read(uri) as stream:
+    with storage.open_read(uri, settings=settings) as stream:
         first = b""
         while True:
             ch = stream.read(1)
@@ -194,10 +195,10 @@ def parse_record(raw: Any, *, key: str, base: str, think: bool) -> Record:
     )
 
 
-def read_records(uri: str, *, dataset: str, think: bool, skips: SkipLog) -> list[Record]:
+def read_records(uri: str, *, dataset: str, think: bool, skips: SkipLog, settings: Settings) -> list[Record]:
     base = _manifest_dir(uri)
     records: list[Record] = []
-    for index, raw in iter_manifest(uri):
+    for index, raw in iter_manifest(uri, settings=settings):
         key = f"{dataset}:{index}"
         try:
             records.append(parse_record(raw, key=key, base=base, think=think))
@@ -212,8 +213,9 @@ def read_records(uri: str, *, dataset: str, think: bool, skips: SkipLog) -> list
 class AudioCache:
     """Local paths for audio URIs: local files as they are, S3 objects downloaded once."""
 
-    def __init__(self, cache_dir: str | Path) -> None:
+    def __init__(self, cache_dir: str | Path, *, settings: Settings) -> None:
         self.dir = Path(cache_dir)
+        self.settings = settings
 
     def local_path(self, uri: str) -> Path:
         ref = storage.parse_uri(uri)
@@ -226,7 +228,7 @@ class AudioCache:
         if target.is_file():
             return target
         try:
-            storage.download_to(uri, target)
+            storage.download_to(uri, target, settings=self.settings)
         except StorageError as exc:
             if exc.code == "not_found":
                 raise BadRecord("missing_audio", f"{uri}: no such object") from exc

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from earshot.af3.runtime import SAMPLE_RATE
+from earshot.config import Settings
 
 CAPTIONS = [
     "A low steady hum at one hundred and ten hertz.",
@@ -219,7 +220,7 @@ def write_curriculum(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def run_demo(root: Path, *, steps: int = 12, echo: Any = print) -> dict[str, Any]:
+def run_demo(root: Path, *, settings: Settings, steps: int = 12, echo: Any = print) -> dict[str, Any]:
     """Build everything under ``root``, train the five stages, load and run the export."""
     from earshot.af3.runtime import AF3Runtime, audio_features
     from earshot.af3.tiny import build_tiny_checkpoint
@@ -241,7 +242,7 @@ def run_demo(root: Path, *, steps: int = 12, echo: Any = print) -> dict[str, Any
     upgrade("heads", url=db_url)
     cur = load_curriculum(config)
     echo(f"curriculum {config}: {', '.join(s.name for s in cur.stages)}; {steps} steps each")
-    results = run_curriculum(cur, restart=True, database_url=db_url)
+    results = run_curriculum(cur, restart=True, database_url=db_url, settings=settings)
     lines: list[str] = []
     for r in results:
         lines.append(

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from earshot import storage
+from earshot.config import Settings
 from earshot.training import checkpoint as ckpt
 from earshot.training.config import STAGE_ORDER
 
@@ -34,9 +35,9 @@ _STAGE_FIELDS = (
 )
 
 
-def storage_state(output: str) -> dict[str, Any] | None:
+def storage_state(output: str, *, settings: Settings) -> dict[str, Any] | None:
     """done / in progress (with the latest checkpoint step) / None for one stage output."""
-    done = ckpt.read_json(storage.join_uri(output, ckpt.DONE))
+    done = ckpt.read_json(storage.join_uri(output, ckpt.DONE), settings=settings)
     if done is not None:
         metrics = done.get("metrics") or {}
         return {
@@ -45,13 +46,15 @@ def storage_state(output: str) -> dict[str, Any] | None:
             "step": metrics.get("steps"),
             "model_uri": done.get("model_uri"),
         }
-    latest = ckpt.read_json(storage.join_uri(output, "checkpoints", ckpt.LATEST))
+    latest = ckpt.read_json(storage.join_uri(output, "checkpoints", ckpt.LATEST), settings=settings)
     if latest is not None:
         return {"output": output, "state": "in progress", "step": latest.get("step")}
     return None
 
 
-def collect_status(*, database_url: str | None, output: str | None, limit: int = 10) -> dict[str, Any]:
+def collect_status(
+    *, database_url: str | None, output: str | None, settings: Settings, limit: int = 10
+) -> dict[str, Any]:
     """Runs from the database at ``database_url`` (None: none) and the markers under ``output``."""
     from earshot.training.records import list_runs
 
@@ -59,14 +62,14 @@ def collect_status(*, database_url: str | None, output: str | None, limit: int =
     run_key: str | None = None
     if output:
         uri = storage.parse_uri(output).uri.rstrip("/")
-        own = storage_state(uri)
+        own = storage_state(uri, settings=settings)
         if own is not None:
             report["storage"].append(own)
             run_key = uri.rsplit("/", 1)[0]
         else:
             run_key = uri
             for name in STAGE_ORDER:
-                state = storage_state(storage.join_uri(uri, name))
+                state = storage_state(storage.join_uri(uri, name), settings=settings)
                 if state is not None:
                     report["storage"].append(state)
     views = []

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from earshot import storage
+from earshot.config import Settings
 from earshot.errors import ConfigError
 from earshot.training import checkpoint as ckpt
 from earshot.training.config import STAGE_ORDER, Curriculum, StageConfig
@@ -120,11 +121,11 @@ def _parent(uri: str) -> str:
 
 
 def load_stage_data(
-    st: StageConfig, *, cache_dir: str, info: DistInfo
+    st: StageConfig, *, cache_dir: str, info: DistInfo, settings: Settings
 ) -> tuple[list[list[Prepared]], SkipLog, int]:
     """Read and check every dataset of a stage. Local rank 0 goes first so S3 audio is fetched
     once per node; the others then find it in the shared cache."""
-    cache = AudioCache(cache_dir)
+    cache = AudioCache(cache_dir, settings=settings)
 
     def scan() -> tuple[list[list[Prepared]], SkipLog, int]:
         skips = SkipLog()
@@ -132,7 +133,7 @@ def load_stage_data(
         total = 0
         for ds in st.datasets:
             think = st.think_prompt if ds.think_prompt is None else ds.think_prompt
-            records = read_records(ds.uri, dataset=ds.label, think=think, skips=skips)
+            records = read_records(ds.uri, dataset=ds.label, think=think, skips=skips, settings=settings)
             total += len(records)
             per_dataset.append(
                 prepare_records(records, cache=cache, max_windows=st.max_audio_windows, skips=skips)
@@ -224,11 +225,11 @@ class _Throughput:
         )
 
 
-def _load_model(st: StageConfig, model_uri: str, info: DistInfo, *, cache_root: Path) -> _Model:
+def _load_model(st: StageConfig, model_uri: str, info: DistInfo, *, cache_root: Path, settings: Settings) -> _Model:
     """Load the start model, freeze what the stage does not train, wrap it, build the optimizer."""
     precision = resolve_precision(st.precision, info.device)
     strategy = resolve_strategy(st.strategy, info, list(st.trainable))
-    model_path = ckpt.model_dir(model_uri, cache=cache_root / "models")
+    model_path = ckpt.model_dir(model_uri, cache=cache_root / "models", settings=settings)
 
     from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
 
@@ -277,8 +278,10 @@ def _wrap(m: _Model, st: StageConfig, info: DistInfo, *, text_only: bool) -> Non
     )
 
 
-def _load_data(st: StageConfig, cur: Curriculum, info: DistInfo) -> tuple[list[list[Prepared]], SkipLog, int]:
-    per_dataset, skips, n_records = load_stage_data(st, cache_dir=cur.cache_dir, info=info)
+def _load_data(
+    st: StageConfig, cur: Curriculum, info: DistInfo, settings: Settings
+) -> tuple[list[list[Prepared]], SkipLog, int]:
+    per_dataset, skips, n_records = load_stage_data(st, cache_dir=cur.cache_dir, info=info, settings=settings)
     if not any(per_dataset):
         raise ConfigError(
             f"[{st.name}] no usable records: {skips.total} of {n_records} skipped "
@@ -305,13 +308,24 @@ def _mixture(st: StageConfig, per_dataset: list[list[Prepared]], info: DistInfo)
 
 
 def _resume(
-    st: StageConfig, start: ckpt.Start, m: _Model, skips: SkipLog, *, cache_root: Path, total: int
+    st: StageConfig,
+    start: ckpt.Start,
+    m: _Model,
+    skips: SkipLog,
+    *,
+    cache_root: Path,
+    total: int,
+    settings: Settings,
 ) -> _Progress:
     """Step, counters and skips from the stage's own checkpoint, or a fresh start."""
     if not start.checkpoint_uri:
         return _Progress()
     state = ckpt.load_checkpoint(
-        start.checkpoint_uri, model=m.model, optimizer=m.optimizer, cache=cache_root / "checkpoints"
+        start.checkpoint_uri,
+        model=m.model,
+        optimizer=m.optimizer,
+        cache=cache_root / "checkpoints",
+        settings=settings,
     )
     if state.get("stage") not in (None, st.name):
         raise ConfigError(
@@ -514,7 +528,15 @@ def _log_progress(
 
 
 def _save_checkpoint(
-    st: StageConfig, m: _Model, info: DistInfo, progress: _Progress, *, out: str, total: int, base_model: str
+    st: StageConfig,
+    m: _Model,
+    info: DistInfo,
+    progress: _Progress,
+    *,
+    out: str,
+    total: int,
+    base_model: str,
+    settings: Settings,
 ) -> str | None:
     uri = ckpt.save_checkpoint(
         out,
@@ -535,6 +557,7 @@ def _save_checkpoint(
         is_main=info.is_main,
         distributed=info.distributed,
         keep=st.keep_checkpoints,
+        settings=settings,
     )
     barrier(info)
     return uri
@@ -554,6 +577,7 @@ def _train(
     out: str,
     base_model: str,
     on_step: StepHook | None,
+    settings: Settings,
 ) -> _Throughput:
     """The step loop: step, log every ``log_every_steps``, checkpoint every ``save_every_steps``."""
     speed = _Throughput()
@@ -574,7 +598,9 @@ def _train(
                     st, metrics, progress, speed.close_window(), total=total, skips=skips, recorder=recorder
                 )
             if st.save_every_steps and step % st.save_every_steps == 0 and step < total:
-                uri = _save_checkpoint(st, m, info, progress, out=out, total=total, base_model=base_model)
+                uri = _save_checkpoint(
+                    st, m, info, progress, out=out, total=total, base_model=base_model, settings=settings
+                )
                 recorder.update({"checkpoint_uri": uri})
             if on_step is not None:
                 on_step(step, metrics)
@@ -601,6 +627,7 @@ def _export(
     n_records: int,
     skips: SkipLog,
     recorder: Recorder,
+    settings: Settings,
 ) -> StageResult:
     """Write the stage's model and its DONE marker, close the stage's record."""
     tokens_per_s, samples_per_s = speed.overall()
@@ -613,6 +640,7 @@ def _export(
         is_lora=st.is_lora,
         is_main=info.is_main,
         distributed=info.distributed,
+        settings=settings,
     )
     result = StageResult(
         stage=st.name,
@@ -633,7 +661,7 @@ def _export(
         peak_memory_bytes=peak,
     )
     if info.is_main and model_uri is not None:
-        ckpt.mark_done(out, model_uri=model_uri, metrics=result.as_dict())
+        ckpt.mark_done(out, model_uri=model_uri, metrics=result.as_dict(), settings=settings)
     barrier(info)
     recorder.finish(
         status="succeeded",
@@ -664,6 +692,7 @@ def run_stage(
     restart: bool = False,
     database_url: str | None = None,
     on_step: StepHook | None = None,
+    settings: Settings,
 ) -> StageResult:
     """Train one stage: find where it starts, load model and data, resume, step, export.
 
@@ -673,19 +702,21 @@ def run_stage(
     info = init_distributed(cur.device)
     out = stage_output(cur, st, output)
     source = resume_from or default_resume_from(cur, st, out)
-    start = broadcast_object(info, ckpt.resolve_start(output=out, resume_from=source, restart=restart))
+    start = broadcast_object(
+        info, ckpt.resolve_start(output=out, resume_from=source, restart=restart, settings=settings)
+    )
     if start.done is not None:
         log.info("[%s] already done: %s (pass --restart to train it again)", st.name, out)
         return StageResult(stage=st.name, status="already_done", output=out, model_uri=start.model_uri)
     if not start.model_uri:
         raise ConfigError(f"[{st.name}] cannot tell which model to start from", code="bad_config")
 
-    m = _load_model(st, start.model_uri, info, cache_root=Path(cur.cache_dir))
-    per_dataset, skips, n_records = _load_data(st, cur, info)
+    m = _load_model(st, start.model_uri, info, cache_root=Path(cur.cache_dir), settings=settings)
+    per_dataset, skips, n_records = _load_data(st, cur, info, settings)
     items = [p for ds in per_dataset for p in ds]
     _wrap(m, st, info, text_only=any(not p.record.sounds for p in items))
     plan, total, warmup = _mixture(st, per_dataset, info)
-    progress = _resume(st, start, m, skips, cache_root=Path(cur.cache_dir), total=total)
+    progress = _resume(st, start, m, skips, cache_root=Path(cur.cache_dir), total=total, settings=settings)
     recorder = _start_recorder(
         cur, st, m, info, database_url=database_url, out=out, total=total, plan=plan, skips=skips,
         n_records=n_records, progress=progress,
@@ -693,11 +724,11 @@ def run_stage(
     batches = _batches(st, m, items, plan, info, step=progress.step, total=total)
     speed = _train(
         st, m, info, batches, progress, total=total, warmup=warmup, skips=skips, recorder=recorder,
-        out=out, base_model=start.model_uri, on_step=on_step,
+        out=out, base_model=start.model_uri, on_step=on_step, settings=settings,
     )  # fmt: skip
     result = _export(
         cur, st, m, info, progress, speed, out=out, total=total, n_records=n_records, skips=skips,
-        recorder=recorder,
+        recorder=recorder, settings=settings,
     )  # fmt: skip
     log.info(
         "[%s] done: %d steps, loss %.4f -> %.4f, %d records skipped, model %s",
@@ -719,6 +750,7 @@ def run_curriculum(
     restart: bool = False,
     database_url: str | None = None,
     on_step: StepHook | None = None,
+    settings: Settings,
 ) -> list[StageResult]:
     """Every stage in order, each starting from the previous one's output."""
     root = run_root(cur, output)
@@ -737,6 +769,7 @@ def run_curriculum(
                 restart=restart,
                 database_url=database_url,
                 on_step=on_step,
+                settings=settings,
             )
         )
     return results

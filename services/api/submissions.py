@@ -110,6 +110,7 @@ def _create(
         job, created = submit(
             session,
             uri,
+            settings=settings,
             tasks=tasks or list(settings.default_tasks),
             engine=settings.engine,
             questions=questions,
@@ -169,7 +170,7 @@ async def submit_request(
             if (previous := await earlier(fp)) is not None:
                 return Submitted(previous, False)
             request.app.state.metrics.uploaded_bytes.inc(upload.size)
-            uri = await store_upload(upload, settings.output_url, tenant)
+            uri = await store_upload(upload, settings, tenant)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         caller_source = False  # the API stored it, under this tenant's prefix

@@ -18,6 +18,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -30,6 +31,8 @@ from services.api.problems import ApiProblem
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
+
+    from earshot.config import Settings
 
 # room for the multipart framing and the small text fields around the file
 FORM_OVERHEAD_BYTES = 256 * 1024
@@ -203,10 +206,12 @@ async def receive_multipart(
     return collector.upload, tmp
 
 
-async def store_upload(upload: ReceivedUpload, output_url: str, tenant_id: str) -> str:
-    """Copy a received file to ``<output_url>/uploads/<tenant>/<uuid>/<filename>``; returns its URI.
+async def store_upload(upload: ReceivedUpload, settings: Settings, tenant_id: str) -> str:
+    """Copy a received file to ``<settings.output_url>/uploads/<tenant>/<uuid>/<filename>``; returns its URI.
 
     The API wrote it, for this tenant, so it needs no allow-list entry.
     """
-    target = storage.join_uri(output_url, "uploads", tenant_id, str(uuid.uuid4()), upload.filename)
-    return await run_in_threadpool(storage.put_file, target, os.fspath(upload.path), upload.content_type)
+    target = storage.join_uri(settings.output_url, "uploads", tenant_id, str(uuid.uuid4()), upload.filename)
+    return await run_in_threadpool(
+        partial(storage.put_file, target, os.fspath(upload.path), upload.content_type, settings=settings)
+    )

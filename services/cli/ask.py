@@ -126,7 +126,7 @@ def ask(
     assert out is not None
 
     if speak is not None and out.answer.speech_uri:
-        speak.write_bytes(storage.read_bytes(out.answer.speech_uri))
+        speak.write_bytes(storage.read_bytes(out.answer.speech_uri, settings=settings))
     if as_json:
         print(json.dumps(out.model_dump(mode="json")))
         return

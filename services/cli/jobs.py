@@ -134,7 +134,7 @@ def run(
         for src in sources:
             try:
                 with session_scope() as s:
-                    job, _ = submit(s, src, tasks=task_list, engine=settings.engine, questions=question or [])
+                    job, _ = submit(s, src, settings=settings, tasks=task_list, engine=settings.engine, questions=question or [])
                     job_id = job.id
             except EarshotError as exc:
                 reports.append(JobReport(job_id="", source=src, status="failed", error=ErrorInfo(code=exc.code, message=exc.message)))

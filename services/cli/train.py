@@ -101,13 +101,14 @@ def run(
 ) -> None:
     """Train one stage (as each Kubernetes Job does) or the whole curriculum."""
     _ensure_logging()
-    database_url = database_url or get_settings().database_url
+    settings = get_settings()
+    database_url = database_url or settings.database_url
     from earshot.training.config import load_curriculum
     from earshot.training.dist import destroy, init_distributed
     from earshot.training.trainer import run_curriculum, run_stage
 
     try:
-        cur = load_curriculum(config)
+        cur = load_curriculum(config, settings=settings)
         if device:
             cur.device = device
         info = init_distributed(cur.device)
@@ -120,12 +121,15 @@ def run(
                     resume_from=resume_from,
                     restart=restart,
                     database_url=database_url,
+                    settings=settings,
                 )
             ]
         else:
             if resume_from:
                 cur.base_model = resume_from
-            results = run_curriculum(cur, output=output, restart=restart, database_url=database_url)
+            results = run_curriculum(
+                cur, output=output, restart=restart, database_url=database_url, settings=settings
+            )
     except EarshotError as exc:
         raise _fail(exc) from exc
     finally:
@@ -146,9 +150,10 @@ def status(
     """Runs and their stages from the database (and the markers under --output)."""
     from earshot.training.status import collect_status
 
-    database_url = database_url or get_settings().database_url
+    settings = get_settings()
+    database_url = database_url or settings.database_url
     try:
-        report = collect_status(database_url=database_url, output=output, limit=limit)
+        report = collect_status(database_url=database_url, output=output, settings=settings, limit=limit)
     except EarshotError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -204,7 +209,7 @@ def demo(
 
     root = workdir or Path(tempfile.mkdtemp(prefix="earshot-train-demo-"))
     try:
-        outcome = run_demo(root, steps=steps, echo=lambda line: console.print(line, highlight=False))
+        outcome = run_demo(root, settings=get_settings(), steps=steps, echo=lambda line: console.print(line, highlight=False))
     except EarshotError as exc:
         raise _fail(exc) from exc
     console.print(_summary(outcome["results"]))

@@ -245,7 +245,7 @@ def check_invariants(stack: Stack) -> None:
         assert gave_up == 0
     # every job terminal; no scratch left
     assert all(j.status in m.TERMINAL_STATUSES for j in found)
-    left = [i.uri for i in storage.list_objects(stack.scratch)]
+    left = [i.uri for i in storage.list_objects(stack.scratch, settings=stack.settings)]
     assert left == [], left
     # every output belongs to its own version; "latest" belongs to the current version
     with session_scope(db) as s:
@@ -257,14 +257,14 @@ def check_invariants(stack: Stack) -> None:
         assert audio is not None
         out = job.options["outputs"]["json"]
         assert f".versions/{audio.version}.json" in out, out
-        report = json.loads(storage.read_bytes(out))
+        report = json.loads(storage.read_bytes(out, settings=stack.settings))
         assert report["job_id"] == job.id and report["source"] == job.source_uri
     for key in {storage.parse_uri(j.source_uri).key for j in found}:
         current = stack.s3().head_object(Bucket=stack.bucket, Key=key)["ETag"].strip('"')
         owner = next((j for j in found if j.source_uri.endswith("/" + key) and versions[j.id].version == current), None)
         if owner is None or owner.status != "succeeded":
             continue
-        latest = json.loads(storage.read_bytes(f"s3://{stack.bucket}/earshot-output/{key}.json"))
+        latest = json.loads(storage.read_bytes(f"s3://{stack.bucket}/earshot-output/{key}.json", settings=stack.settings))
         assert latest["job_id"] == owner.id, (key, latest["job_id"], owner.id)
 
 

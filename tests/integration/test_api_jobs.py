@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from earshot import storage
-from earshot.config import Settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.base import utcnow
 from earshot.db.session import session_scope
@@ -27,7 +27,7 @@ PROBLEM = "application/problem+json"
 
 def _uploads(settings: Settings) -> list[str]:
     root = storage.join_uri(settings.output_url, "uploads") + "/"
-    return [o.uri for o in storage.list_objects(root)] if storage.parse_uri(root).path.exists() else []
+    return [o.uri for o in storage.list_objects(root, settings=get_settings())] if storage.parse_uri(root).path.exists() else []
 
 
 def _job_count() -> int:
@@ -223,9 +223,9 @@ def test_idempotency_key_returns_the_first_job(
 
 
 def test_submitting_an_s3_uri_queues_a_job_and_bad_bodies_are_422(
-    api_client: TestClient, api_tokens: Tokens, api_queue: QueueRecorder, s3_bucket: str
+    s3_bucket: str, api_client: TestClient, api_tokens: Tokens, api_queue: QueueRecorder  # the bucket first: the app's settings point at moto
 ) -> None:
-    boto3.client("s3", endpoint_url=storage.s3_client().meta.endpoint_url).put_object(
+    boto3.client("s3", endpoint_url=storage.s3_client(get_settings()).meta.endpoint_url).put_object(
         Bucket=s3_bucket, Key="calls/one.wav", Body=b"RIFF"
     )
     with session_scope() as s:  # the tenant may read this prefix (and nothing else)

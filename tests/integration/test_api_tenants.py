@@ -19,7 +19,7 @@ from sqlalchemy import text, update
 
 from earshot import storage
 from earshot.auth import create_key
-from earshot.config import Settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.tenants import create_tenant, update_tenant
@@ -134,10 +134,10 @@ def test_idempotency_key_is_per_tenant_and_bound_to_its_body(
 
 
 def test_a_denied_source_answers_like_a_missing_one(
-    api_client: TestClient, api_queue: QueueRecorder, s3_bucket: str
+    s3_bucket: str, api_client: TestClient, api_queue: QueueRecorder  # the bucket first: the app's settings point at moto
 ) -> None:
     a = team()
-    s3 = boto3.client("s3", endpoint_url=storage.s3_client().meta.endpoint_url)
+    s3 = boto3.client("s3", endpoint_url=storage.s3_client(get_settings()).meta.endpoint_url)
     for key in ("allowed/here.wav", "secret/here.wav"):
         s3.put_object(Bucket=s3_bucket, Key=key, Body=b"RIFF")
     with session_scope() as s:
@@ -181,7 +181,7 @@ def test_quota_and_rate_limit_answer_429_with_retry_after(api_env: Settings, api
 
 @pytest.fixture
 def speech_job(api_env: Settings, s3_bucket: str, seeded: Callable[..., str]) -> Iterator[str]:
-    boto3.client("s3", endpoint_url=storage.s3_client().meta.endpoint_url).put_object(
+    boto3.client("s3", endpoint_url=storage.s3_client(get_settings()).meta.endpoint_url).put_object(
         Bucket=s3_bucket, Key="speech/s.wav", Body=b"RIFF0000WAVE")
     yield seeded(speech_uri=f"s3://{s3_bucket}/speech/s.wav")
 

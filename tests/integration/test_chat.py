@@ -19,7 +19,7 @@ from earshot.audio.synth import encode_file, tone_with_silences
 from earshot.auth.service import create_key
 from earshot.chat import service
 from earshot.chat.models import Conversation, ConversationClip, ConversationTurn
-from earshot.config import Settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.engines.local import LocalEngine
@@ -43,7 +43,7 @@ def processed_job(tmp_path: Path, name: str, seconds: float, seed: int, *, summa
     """A succeeded job over a real audio file (the pipeline itself is tested elsewhere)."""
     path = encode_file(tone_with_silences(seconds, seed=seed), tmp_path / name)
     with session_scope() as s:
-        job, _ = submit(s, str(path), tasks=["summarize"], engine="local")
+        job, _ = submit(s, str(path), settings=get_settings(), tasks=["summarize"], engine="local")
         job.status = "succeeded"
         job.audio_file.duration_s = seconds
         if summary:
@@ -134,7 +134,7 @@ def test_two_clips_three_turns_stored_and_embedded_in_place(
         rows = s.scalars(
             select(ConversationClip).where(ConversationClip.conversation_id == cid).order_by(ConversationClip.idx)
         )
-        a_audio, b_audio = (service.clip_audio(c) for c in list(rows))
+        a_audio, b_audio = (service.clip_audio(c, get_settings()) for c in list(rows))
     assert joined.shape[0] == a_audio.shape[0] + 16000 + b_audio.shape[0]
     assert np.array_equal(joined[: a_audio.shape[0]], a_audio)
     assert not joined[a_audio.shape[0] : a_audio.shape[0] + 16000].any()

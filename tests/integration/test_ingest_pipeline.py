@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from earshot import storage
 from earshot.callbacks.models import CallbackDelivery
 from earshot.callbacks.signing import verify
-from earshot.config import Settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.ingest.reconcile import scan
@@ -130,14 +130,14 @@ def result_keys(bucket: str) -> list[str]:
     """The "latest" result files (each version's own files live under <key>.versions/)."""
     return sorted(
         key
-        for key in (storage.parse_uri(i.uri).key for i in storage.list_objects(f"s3://{bucket}/earshot-output/"))
+        for key in (storage.parse_uri(i.uri).key for i in storage.list_objects(f"s3://{bucket}/earshot-output/", settings=get_settings()))
         if ".versions/" not in key
     )
 
 
 def version_keys(bucket: str, key: str) -> list[str]:
     prefix = f"s3://{bucket}/earshot-output/{key}.versions/"
-    return sorted(storage.parse_uri(i.uri).key[len(prefix) - len(f"s3://{bucket}/") :] for i in storage.list_objects(prefix))
+    return sorted(storage.parse_uri(i.uri).key[len(prefix) - len(f"s3://{bucket}/") :] for i in storage.list_objects(prefix, settings=get_settings()))
 
 
 def test_uploads_become_jobs_results_and_callbacks(
@@ -157,7 +157,7 @@ def test_uploads_become_jobs_results_and_callbacks(
         bridge.stop()
     assert count_jobs(s3_bucket) == 3, bridge.tail()
     assert result_keys(s3_bucket) == sorted(f"earshot-output/{k}{ext}" for k in keys for ext in RESULT_EXTENSIONS)
-    report = json.loads(storage.read_bytes(f"s3://{s3_bucket}/earshot-output/talks/two 2.wav.json"))
+    report = json.loads(storage.read_bytes(f"s3://{s3_bucket}/earshot-output/talks/two 2.wav.json", settings=get_settings()))
     assert report["status"] == "succeeded" and report["source"] == f"s3://{s3_bucket}/talks/two 2.wav"
     # each version also has its own files, which the job records as its outputs
     etag = client.head_object(Bucket=s3_bucket, Key="one.wav")["ETag"].strip('"')
@@ -233,7 +233,7 @@ def test_empty_upload_fails_visibly_and_a_truncated_one_succeeds_with_a_note(
     empty, cut = by_key["empty.wav"], by_key["cut.mp3"]
     assert empty.status == "failed" and empty.error_code == "empty_file" and not empty.retryable
     assert cut.status == "succeeded"
-    report_json = json.loads(storage.read_bytes(cut.options["outputs"]["json"]))
+    report_json = json.loads(storage.read_bytes(cut.options["outputs"]["json"], settings=get_settings()))
     [note] = [n for n in report_json["notes"] if "header says" in n]
     assert cut.id in note and f"s3://{s3_bucket}/cut.mp3" in note and "8.0 s" in note
 

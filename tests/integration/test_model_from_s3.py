@@ -9,6 +9,7 @@ import pytest
 
 from earshot import storage
 from earshot.af3.loading import resolve_model_dir
+from earshot.config import get_settings
 from earshot.engines.base import Ask
 from earshot.engines.local import LocalEngine
 from earshot.errors import ConfigError
@@ -21,7 +22,7 @@ def test_checkpoint_on_s3_loads_and_answers(
     prefix = f"s3://{s3_bucket}/models/tiny"
     for path in sorted(tiny_model_dir.rglob("*")):
         if path.is_file():
-            storage.put_file(f"{prefix}/{path.relative_to(tiny_model_dir).as_posix()}", path)
+            storage.put_file(f"{prefix}/{path.relative_to(tiny_model_dir).as_posix()}", path, settings=get_settings())
     settings = apply_env(
         monkeypatch, model_path=prefix + "/", model_cache_dir=str(tmp_path / "cache"), max_new_tokens="6"
     )

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from earshot.config import Settings
 from earshot.db import migrate
 from earshot.training.config import load_curriculum
 from earshot.training.demo import demo_curriculum, make_dataset, write_curriculum
@@ -52,7 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Run:
     config = write_curriculum(root / "curriculum.yaml", spec)
     db_url = f"sqlite:///{root / 'train.db'}"
     migrate.upgrade("0004_training", url=db_url)
-    results = run_curriculum(load_curriculum(config), database_url=db_url)
+    results = run_curriculum(load_curriculum(config), database_url=db_url, settings=Settings())
     return Run(root=root, base=tiny_model_dir, results={r.stage: r for r in results}, db_url=db_url)
 
 

@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from earshot.config import Settings
 from earshot.db import migrate
 from earshot.db.base import Base
 from earshot.training import models
@@ -66,7 +67,7 @@ def test_a_run_records_its_rows_on_postgres(pg_url: str, tiny_model_dir: Path, t
             ],
         }
     )
-    result = run_stage(cur, "stage1", database_url=pg_url)
+    result = run_stage(cur, "stage1", database_url=pg_url, settings=Settings())
     from earshot.training.records import list_runs, loss_curve
 
     view = next(v for v in list_runs(url=pg_url) if v.run.output_uri == result.output.rsplit("/", 1)[0])

@@ -9,11 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from earshot.config import Settings
 from earshot.db import migrate
 from earshot.training import checkpoint as ckpt
 from earshot.training.config import Curriculum, parse_curriculum
 from earshot.training.demo import DemoData, make_dataset
 from earshot.training.trainer import run_stage
+
+# local files only: the defaults are all the storage needs
+SETTINGS = Settings()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,7 @@ def test_loss_falls_clearly_when_overfitting_four_examples(
     )  # fmt: skip
     cur.record_metrics = False
     losses: list[float] = []
-    result = run_stage(cur, "stage1", on_step=lambda step, m: losses.append(m["loss"]))
+    result = run_stage(cur, "stage1", on_step=lambda step, m: losses.append(m["loss"]), settings=SETTINGS)
     assert len(losses) == 6
     # Two steps make one pass over the four examples: compare whole passes.
     first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
@@ -82,14 +86,14 @@ def test_a_killed_run_resumes_at_its_checkpoint_with_the_same_optimizer_state(
     cur = _curriculum(data, tiny_model_dir, tmp_path / "runs", max_steps=4, batch_size=1)
     straight = str(tmp_path / "straight" / "stage1")
     crashed = str(tmp_path / "runs" / "t" / "stage1")
-    reference = run_stage(cur, "stage1", output=straight, database_url=None)
+    reference = run_stage(cur, "stage1", output=straight, database_url=None, settings=SETTINGS)
     assert reference.steps == 4
 
     with pytest.raises(Killed):
-        run_stage(cur, "stage1", database_url=db, on_step=_kill_at(3))
-    assert ckpt.latest_checkpoint(crashed) is not None
-    assert ckpt.read_json(f"{crashed}/DONE.json") is None
-    state = ckpt.read_json(f"{ckpt.latest_checkpoint(crashed)}/state.json")
+        run_stage(cur, "stage1", database_url=db, on_step=_kill_at(3), settings=SETTINGS)
+    assert ckpt.latest_checkpoint(crashed, settings=SETTINGS) is not None
+    assert ckpt.read_json(f"{crashed}/DONE.json", settings=SETTINGS) is None
+    state = ckpt.read_json(f"{ckpt.latest_checkpoint(crashed, settings=SETTINGS)}/state.json", settings=SETTINGS)
     assert state is not None and state["step"] == 2
 
     # Optimizer state written by the crashed run equals the uninterrupted run's at step 2.
@@ -104,7 +108,7 @@ def test_a_killed_run_resumes_at_its_checkpoint_with_the_same_optimizer_state(
     _assert_same(restored, opt(crashed))
 
     steps_after: list[int] = []
-    resumed = run_stage(cur, "stage1", database_url=db, on_step=lambda s, m: steps_after.append(s))
+    resumed = run_stage(cur, "stage1", database_url=db, on_step=lambda s, m: steps_after.append(s), settings=SETTINGS)
     assert resumed.resumed_from_step == 2
     assert steps_after == [3, 4]
     # Same data order, schedule and optimizer state: the result is bit-identical to the
@@ -132,7 +136,7 @@ def _restore(model_dir: Path, cur: Curriculum, uri: str, tmp_path: Path) -> dict
     model = AudioFlamingo3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     model = prepare_model(model, trainable=["projector"], precision="fp32", gradient_checkpointing=False)
     optimizer = build_optimizer(model, lr=cur.stages[0].learning_rate)
-    ckpt.load_checkpoint(uri, model=model, optimizer=optimizer, cache=tmp_path / "cache")
+    ckpt.load_checkpoint(uri, model=model, optimizer=optimizer, cache=tmp_path / "cache", settings=SETTINGS)
     _, osd = ckpt.gather_training_state(model, optimizer, distributed=False)
     return osd
 

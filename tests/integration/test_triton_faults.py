@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from earshot.audio.synth import encode_file, tone_with_silences
-from earshot.config import Settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.jobs.submit import submit
@@ -36,7 +36,7 @@ def _job(tmp_path: Path) -> str:
     # 60 s in <= 20 s segments: several engine calls, each quick on the tiny model.
     source = encode_file(tone_with_silences(60.0, [(19.0, 20.5), (39.0, 40.5)]), tmp_path / "call.flac")
     with session_scope() as s:
-        job, _ = submit(s, str(source), tasks=TASKS, engine="triton")
+        job, _ = submit(s, str(source), settings=get_settings(), tasks=TASKS, engine="triton")
         return job.id
 
 

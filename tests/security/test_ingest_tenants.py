@@ -8,7 +8,7 @@ import uuid
 import boto3
 
 from earshot import storage
-from earshot.config import Settings
+from earshot.config import Settings, get_settings
 from earshot.db import models as m
 from earshot.db.session import session_scope
 from earshot.ingest.submit import submit_object
@@ -26,7 +26,7 @@ def test_ingested_objects_belong_to_the_tenant_that_claims_them(
     owners = {}
     for key in (f"{team}/call.wav", "unclaimed/call.wav"):
         client.put_object(Bucket=s3_bucket, Key=key, Body=make_wav(0.3, 3))
-        obj = storage.head(f"s3://{s3_bucket}/{key}")
+        obj = storage.head(f"s3://{s3_bucket}/{key}", settings=get_settings())
         submitted = submit_object(obj, settings=ingest_env, enqueue=lambda job_id: None, source="test")
         with session_scope(ingest_env.database_url) as s:
             job = s.get(m.Job, submitted.job_id)

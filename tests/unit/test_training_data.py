@@ -11,6 +11,7 @@ import torch
 
 from earshot.af3.chat import THINK_SUFFIX, Turn, render
 from earshot.af3.runtime import window_token_counts
+from earshot.config import Settings
 from earshot.training.data import (
     AudioCache,
     ConversationDataset,
@@ -22,6 +23,9 @@ from earshot.training.data import (
 )
 from earshot.training.demo import make_dataset, record
 from earshot.training.step import IGNORE
+
+# local files only: the defaults are all the storage needs
+SETTINGS = Settings()
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,8 @@ def processor(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 def test_broken_records_are_skipped_and_counted(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     skips = SkipLog()
-    records = read_records(str(data.broken), dataset="broken", think=False, skips=skips)
-    good = prepare_records(records, cache=AudioCache(tmp_path), max_windows=1, skips=skips)
+    records = read_records(str(data.broken), dataset="broken", think=False, skips=skips, settings=SETTINGS)
+    good = prepare_records(records, cache=AudioCache(tmp_path, settings=SETTINGS), max_windows=1, skips=skips)
     assert [p.record.key for p in good] == ["broken:0", "broken:5"]
     assert dict(skips.counts) == {"malformed": 2, "missing_audio": 1, "undecodable": 1, "too_long": 1}
     # The same record met again (next epoch, another worker) is not counted twice.
@@ -49,7 +53,7 @@ def test_broken_records_are_skipped_and_counted(data, tmp_path: Path) -> None:  
 
 def test_json_list_manifests_and_relative_sounds(data) -> None:  # type: ignore[no-untyped-def]
     skips = SkipLog()
-    records = read_records(str(data.chat), dataset="chat", think=False, skips=skips)
+    records = read_records(str(data.chat), dataset="chat", think=False, skips=skips, settings=SETTINGS)
     assert len(records) == 4 and skips.total == 0
     assert records[0].sounds == ((data.root / "clips" / "clip_00.wav").as_uri(),)
     assert [r for r, _ in records[0].turns] == ["user", "assistant", "user", "assistant"]
@@ -80,9 +84,9 @@ def test_samples_expand_sound_to_the_encoder_token_count(data, processor, tiny_m
     model = AudioFlamingo3ForConditionalGeneration.from_pretrained(tiny_model_dir)
     sound = int(model.config.audio_token_id)
     skips = SkipLog()
-    records = read_records(str(data.captions), dataset="c", think=False, skips=skips)
-    records += read_records(str(data.long), dataset="l", think=False, skips=skips)
-    items = prepare_records(records, cache=AudioCache("/nonexistent"), max_windows=2, skips=skips)
+    records = read_records(str(data.captions), dataset="c", think=False, skips=skips, settings=SETTINGS)
+    records += read_records(str(data.long), dataset="l", think=False, skips=skips, settings=SETTINGS)
+    items = prepare_records(records, cache=AudioCache("/nonexistent", settings=SETTINGS), max_windows=2, skips=skips)
     ds = ConversationDataset(
         items, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor,
         sound_id=sound, max_windows=2,
@@ -114,8 +118,8 @@ def test_a_sample_that_fails_late_is_replaced_and_reported(data, processor, tmp_
         )
     )
     skips = SkipLog()
-    records = read_records(str(manifest), dataset="c", think=False, skips=skips)
-    items = prepare_records(records, cache=AudioCache(tmp_path), max_windows=1, skips=skips)
+    records = read_records(str(manifest), dataset="c", think=False, skips=skips, settings=SETTINGS)
+    items = prepare_records(records, cache=AudioCache(tmp_path, settings=SETTINGS), max_windows=1, skips=skips)
     # The header was fine when the stage checked it; the file is damaged before it is used.
     clips[0].write_bytes(clips[0].read_bytes()[:60])
     ds = ConversationDataset(
@@ -154,6 +158,6 @@ def test_manifest_lines_that_are_not_json(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"conversations": [{"from": "gpt", "value": "hi"}]}) + "\n\n[1, 2\n")
     skips = SkipLog()
-    records = read_records(str(path), dataset="m", think=False, skips=skips)
+    records = read_records(str(path), dataset="m", think=False, skips=skips, settings=SETTINGS)
     assert len(records) == 1 and records[0].sounds == ()
     assert dict(skips.counts) == {"malformed": 1}

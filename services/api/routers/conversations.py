@@ -283,6 +283,6 @@ async def turn_speech(conversation_id: str, seq: int, key: ReadKey, settings: Se
             if turn is None or not turn.speech_uri:
                 raise ApiProblem(404, f"turn {seq} of conversation {conversation_id} has no spoken answer",
                                  code="not_found")
-            return storage.read_bytes(turn.speech_uri)
+            return storage.read_bytes(turn.speech_uri, settings=settings)
 
     return answer(await in_thread(settings, work), media_type="audio/wav")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from earshot import exports, storage
+from earshot.config import Settings
 from earshot.db.models import Job
 from earshot.errors import StorageError
 from earshot.jobs.report import build_report
@@ -112,8 +114,8 @@ async def reasoning(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
     return answer(serializers.reasoning(job.id, job.status, await fetch_traces(conn, job.id)))
 
 
-def _stream(uri: str) -> Iterator[bytes]:
-    with storage.open_read(uri) as f:
+def _stream(uri: str, settings: Settings) -> Iterator[bytes]:
+    with storage.open_read(uri, settings=settings) as f:
         while chunk := f.read(256 * 1024):
             yield chunk
 
@@ -146,17 +148,17 @@ async def speech(
         raise ApiProblem(404, "this job has no spoken output (task 'speak', once it succeeded)", code="no_speech")
     if download:
         try:
-            size = (await run_in_threadpool(storage.head, out.uri)).size
+            size = (await run_in_threadpool(partial(storage.head, out.uri, settings=settings))).size
         except StorageError as exc:
             if exc.code == "not_found":
                 raise ApiProblem(404, "the speech file is gone from storage", code="not_found") from None
             raise
         return StreamingResponse(
-            _stream(out.uri),
+            _stream(out.uri, settings),
             media_type="audio/wav",
             headers={"Content-Length": str(size),
                      "Content-Disposition": f'attachment; filename="{job.id}-{out.kind}.wav"'},
         )
     lifetime = min(expires_s or settings.api_presign_default_s, settings.api_presign_max_s)
-    url = await run_in_threadpool(storage.presign, out.uri, lifetime)
+    url = await run_in_threadpool(partial(storage.presign, out.uri, lifetime, settings=settings))
     return answer(serializers.speech(job.id, out, url))
