@@ -114,6 +114,7 @@ def build_checkpoint(
         Qwen2Tokenizer,
         WhisperFeatureExtractor,
     )
+    from transformers.models.whisper.modeling_whisper import sinusoids
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +156,12 @@ def build_checkpoint(
         audio_token_id=sound_id,
     )
     model = AudioFlamingo3ForConditionalGeneration(config)
+    # AF-Whisper's positions are Whisper's fixed sinusoids (frozen, shipped in the checkpoint);
+    # transformers' init leaves them N(0, 0.02) noise, an encoder that cannot tell one frame's
+    # place from another's
+    positions = model.model.audio_tower.embed_positions.weight
+    with torch.no_grad():
+        positions.copy_(sinusoids(positions.shape[0], positions.shape[1]))
     model.generation_config = GenerationConfig(
         eos_token_id=eos_id, pad_token_id=pad_id, max_new_tokens=2048, do_sample=False
     )

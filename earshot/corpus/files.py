@@ -1,7 +1,7 @@
 """Whole files from consecutive corpus windows: a demo sample, a file longer than one segment.
 
-Window i of a split lands at ``i * window_s`` on the file's timeline, so every sentence and
-sound event keeps a known time. The windows are the same ones ``generate_split`` writes.
+Windows follow each other on the file's timeline (a window ends where its audio ends: speech
+windows can be shorter than window_s), so every sentence and sound event keeps a known time. The windows are the same ones ``generate_split`` writes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from earshot.corpus.generate import make_window
 from earshot.corpus.scenes import Event, Utterance
 from earshot.corpus.spec import CorpusSpec
+from earshot.corpus.voices import SAMPLE_RATE
 
 
 @dataclass
@@ -54,11 +55,11 @@ def compose_file(
     """
     pieces: list[np.ndarray] = []
     truth = FileTruth(duration=0.0)
+    offset = 0.0
     for k in range(windows):
         index = first + k
         kind = kinds[k % len(kinds)] if kinds else None
         scene, audio = make_window(spec, split, index, kind=kind)
-        offset = k * spec.scene.window_s
         pieces.append(audio)
         truth.utterances += [
             Utterance(
@@ -72,6 +73,7 @@ def compose_file(
         ]
         if scene.voice:
             truth.voices.append(scene.voice)
+        offset += len(audio) / SAMPLE_RATE
     audio_all = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     truth.duration = len(audio_all) / 16000
     return audio_all, truth

@@ -35,9 +35,10 @@ def _prompts() -> tuple[str, str]:
     return prompts.CAPTION, prompts.EVENTS
 
 
-def window_kind(spec: CorpusSpec, rng: np.random.Generator) -> str:
-    kinds = list(spec.scene.kinds)
-    weights = np.array([spec.scene.kinds[k] for k in kinds], dtype=np.float64)
+def window_kind(spec: CorpusSpec, rng: np.random.Generator, split: str) -> str:
+    shares = spec.splits[split].kinds or spec.scene.kinds
+    kinds = list(shares)
+    weights = np.array([shares[k] for k in kinds], dtype=np.float64)
     return str(kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))])
 
 
@@ -46,7 +47,7 @@ def make_window(
 ) -> tuple[Scene, np.ndarray]:
     cfg = spec.splits[split]
     rng = np.random.default_rng([cfg.seed, index])
-    chosen = kind or window_kind(spec, rng)
+    chosen = kind or window_kind(spec, rng, split)
     return build_scene(
         rng,
         spec,

@@ -16,7 +16,7 @@ import numpy as np
 from earshot.corpus.spec import CorpusSpec
 
 _SLOT = re.compile(r"\{([a-z]+?)(2?)\}")
-_PROPER = {"name", "city", "day"}
+PROPER_CLASSES = {"name", "city", "day"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _fill(m: re.Match[str], rng: np.random.Generator, spec: CorpusSpec, slots: d
     choices = [w for w in spec.words[cls] if not second or w != slots.get(cls)]
     word = str(rng.choice(choices))
     slots[cls + second] = word
-    return word.capitalize() if cls in _PROPER else word
+    return word.capitalize() if cls in PROPER_CLASSES else word
 
 
 def sample_sentence(rng: np.random.Generator, spec: CorpusSpec, *, heldout: bool) -> Sentence:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from earshot.corpus import sounds
-from earshot.corpus.grammar import Sentence, display, sample_sentence
+from earshot.corpus.grammar import PROPER_CLASSES, Sentence, display, sample_sentence
 from earshot.corpus.spec import CorpusSpec
 from earshot.corpus.voices import SAMPLE_RATE, Voice, speak
 
@@ -170,6 +170,27 @@ def build_scene(
             t += dur + _uniform(rng, sc.pause_s)
             if t - sc.lead_s[1] >= target:
                 break
+    if kind == "words":
+        voice = pick_voice(rng, spec, voices)
+        scene.voice = voice.name
+        t = _uniform(rng, sc.lead_s)
+        count = int(rng.integers(sc.words_per_clip[0], sc.words_per_clip[1] + 1))
+        for _ in range(count):
+            cls = str(rng.choice(sorted(spec.words)))
+            word = str(rng.choice(spec.words[cls]))
+            audio = speak(word, voice)
+            dur = len(audio) / SAMPLE_RATE
+            if t + dur > sc.window_s - 0.2:
+                break
+            i = round(t * SAMPLE_RATE)
+            speech[i : i + len(audio)] = audio
+            text = word.capitalize() if cls in PROPER_CLASSES else word
+            scene.utterances.append(
+                Utterance(start=round(t, 2), end=round(t + dur, 2), text=display(text),
+                          number=word if cls == "number" else None)
+            )
+            t += dur + _uniform(rng, sc.pause_s)
+    if kind in ("speech", "speech_events", "words"):
         level = float(rng.uniform(0.2, 0.5))
         speech *= level / (np.max(np.abs(speech)) + 1e-9)
     mix = speech.copy()
@@ -190,6 +211,10 @@ def build_scene(
     peak = float(np.max(np.abs(mix)))
     if peak > 0.95:
         mix *= 0.95 / peak
+    if sc.trim_speech and kind in ("speech", "words") and scene.utterances:
+        end = scene.utterances[-1].end + _uniform(rng, sc.lead_s)
+        mix = mix[: min(total_n, round(end * SAMPLE_RATE))]
+        scene.duration = round(len(mix) / SAMPLE_RATE, 2)
     return scene, mix.astype(np.float32)
 
 

@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "examples" / "golden" / "spec.yaml"
 
 
+# "words": single words said apart, the easiest speech; a from-scratch model first learns there
+# that the audio tells which word was said, before it must follow 20 s of sentences
+WindowKind = Literal["speech", "speech_events", "events", "words"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,7 +53,13 @@ class Scene(_Strict):
     lead_s: tuple[float, float]
     events_per_clip: tuple[int, int]
     event_gain_db: tuple[float, float]
-    kinds: dict[Literal["speech", "speech_events", "events"], float]
+    kinds: dict[WindowKind, float]
+    # a "words" window: this many single words, each said on its own with pauses between
+    words_per_clip: tuple[int, int] = (1, 3)
+    # end "speech" and "words" windows a lead's length after their last word instead of at
+    # window_s: AF3 gets one audio token per 40 ms of the clip it is given, and inference gives
+    # it speech chunks, not 30 s of mostly silence (windows with events stay window_s long)
+    trim_speech: bool = False
 
 
 class Split(_Strict):
@@ -56,6 +67,8 @@ class Split(_Strict):
     windows: int = Field(ge=1)
     voices: Literal["seen", "heldout"]
     sentences: Literal["train", "heldout"]
+    # window kinds of this split, instead of the scene's (e.g. a split of single words only)
+    kinds: dict[WindowKind, float] | None = None
 
 
 class ModelSpec(_Strict):

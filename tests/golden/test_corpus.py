@@ -62,3 +62,22 @@ def test_sentences_and_events_sit_where_the_truth_says() -> None:
         before = audio[max(0, int((e.start - 0.4) * SAMPLE_RATE)) : int((e.start - 0.1) * SAMPLE_RATE)]
         if before.size:
             assert sounds.rms(inside) > 2 * sounds.rms(before)
+
+
+def test_a_words_window_says_single_words_apart_where_the_truth_says() -> None:
+    split = next(name for name, s in SPEC.splits.items() if s.kinds and set(s.kinds) == {"words"})
+    scene, audio = make_window(SPEC, split, 0)
+    assert scene.kind == "words" and scene.utterances and not scene.events
+    low, high = SPEC.scene.words_per_clip
+    assert low <= len(scene.utterances) <= high
+    vocabulary = SPEC.vocabulary()
+    for u in scene.utterances:
+        assert u.text.endswith(".") and set(u.text[:-1].lower().split()) <= vocabulary
+        assert sounds.rms(audio[int(u.start * SAMPLE_RATE) : int(u.end * SAMPLE_RATE)]) > 0
+    for a, b in zip(scene.utterances, scene.utterances[1:], strict=False):
+        assert b.start - a.end >= SPEC.scene.pause_s[0] - 0.01
+    # the clip ends a lead's length after the last word, as a speech chunk would
+    assert SPEC.scene.trim_speech
+    tail = len(audio) / SAMPLE_RATE - scene.utterances[-1].end
+    assert SPEC.scene.lead_s[0] - 0.01 <= tail <= SPEC.scene.lead_s[1] + 0.01
+    assert scene.duration == round(len(audio) / SAMPLE_RATE, 2)
