@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     model_cache_dir: str = str(HOME / "cache" / "models")
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # the local engine's decode step (earshot/af3/compiled.py): "static" KV cache, or "compiled"
+    # (static cache + CUDA graphs, CUDA only); the cache is sized for decode_max_cache_len tokens
+    # so one graph serves every call (0: grown to the longest call seen)
+    decode_mode: Literal["eager", "static", "compiled"] = "eager"
+    decode_max_cache_len: int = 0
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = 120.0
     triton_max_concurrency: int = 4

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from earshot.af3.chat import Turn
+from earshot.af3.compiled import apply_decode_mode
 from earshot.af3.loading import resolve_model_dir
 from earshot.af3.runtime import AF3Runtime, Row
 from earshot.config import Settings
@@ -36,6 +37,7 @@ class LocalEngine:
         hf_logging.disable_progress_bar()  # weight-loading bars would break the CLI's own
         model_dir = resolve_model_dir(settings.model_path, settings)
         runtime = AF3Runtime.load(model_dir, device=settings.device, dtype=settings.dtype)
+        apply_decode_mode(runtime, settings.decode_mode, max_cache_len=settings.decode_max_cache_len or None)
         return cls(runtime, settings, model_id=settings.model_path)
 
     @property

@@ -11,6 +11,9 @@ from earshot.af3.chat import Turn
 from earshot.af3.compiled import apply_decode_mode, decode_kwargs
 from earshot.af3.runtime import AF3Runtime, Row
 from earshot.audio.synth import tone_with_silences
+from earshot.config import Settings
+from earshot.engines.base import Ask
+from earshot.engines.local import LocalEngine
 from earshot.errors import ConfigError
 
 
@@ -23,6 +26,23 @@ def _batch(runtime: AF3Runtime) -> list[Row]:
         Row(prompt([Turn("user", "Describe the audio in one sentence.", audio=1)]), [clips[1]], 9),
         Row(prompt([Turn("user", "Summarize these notes: the budget grew.")]), [], 17),
     ]
+
+
+def test_the_local_engine_takes_its_decode_mode_from_settings(tiny_model_dir: Path) -> None:
+    """EARSHOT_DECODE_MODE reaches the local engine's runtime, and changes no answer."""
+    base = Settings(model_path=str(tiny_model_dir), device="cpu", dtype="float32")
+    eager = LocalEngine.from_settings(base)
+    static = LocalEngine.from_settings(base.model_copy(update={"decode_mode": "static", "decode_max_cache_len": 1024}))
+    assert eager.runtime.decode_kwargs == {}
+    assert static.runtime.decode_kwargs["cache_implementation"] == "static"
+    assert static.runtime.decode_kwargs["max_cache_len"] == 1024
+    audio = tone_with_silences(4.0, seed=3)
+    asks = [Ask("Describe the audio in one sentence.", audio=0, max_new_tokens=12), Ask("Say hello.", max_new_tokens=7)]
+    assert static.generate(asks, audios=[audio]) == eager.generate(asks, audios=[audio])
+    # CUDA graphs on a CPU: refused when the engine starts, with the reason
+    with pytest.raises(ConfigError) as err:
+        LocalEngine.from_settings(base.model_copy(update={"decode_mode": "compiled"}))
+    assert err.value.code == "bad_decode_mode"
 
 
 def test_static_cache_gives_the_eager_tokens_on_one_batch(tiny_model_dir: Path) -> None:
