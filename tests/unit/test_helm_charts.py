@@ -73,6 +73,7 @@ SERVICE_SETS: dict[str, dict[str, Any]] = {
                 "tls": [{"secretName": "earshot-tls", "hosts": ["earshot.example.org"]}],
             },
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+            "workers": 4,
         }
     },
     "existing-secret": {"secrets": {"existingSecret": "earshot-prod"}, "keda": {"enabled": True}},
@@ -620,7 +621,13 @@ def test_ingress_and_hpa_point_at_the_api() -> None:
     assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
     hpa = one(items, "HorizontalPodAutoscaler", f"{fullname}-api")
     assert hpa["spec"]["scaleTargetRef"]["name"] == f"{fullname}-api"
-    assert "replicas" not in one(items, "Deployment", f"{fullname}-api")["spec"]
+    api = one(items, "Deployment", f"{fullname}-api")
+    assert "replicas" not in api["spec"]
+    # several uvicorn workers per pod: the CLI's multiprocess metrics land in the /tmp emptyDir
+    args = api["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--workers") + 1] == "4"
+    default_args = one(docs("service", "defaults"), "Deployment", f"{fullname}-api")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert default_args[default_args.index("--workers") + 1] == "1"
 
 
 def test_servicemonitors_networkpolicies_and_reconciler() -> None:
