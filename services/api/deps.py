@@ -41,7 +41,9 @@ bearer = HTTPBearer(
 )
 
 
-def get_settings_dep(request: Request) -> Settings:
+# async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per
+# request for reading an attribute
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -49,7 +51,7 @@ def get_settings_dep(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.db
     return database
 
@@ -72,7 +74,7 @@ def default_enqueue(job_id: str) -> Any:
     return enqueue(job_id)
 
 
-def get_enqueuer() -> Enqueuer:
+async def get_enqueuer() -> Enqueuer:
     """Overridable (``app.dependency_overrides[get_enqueuer]``) so tests need no model run."""
     return default_enqueue
 
