@@ -120,7 +120,7 @@ def demo(
     audio = decode_all(sample, max_duration_s=600.0)
     score = score_file(engine, audio, known, settings=settings)
     console.print(f"[bold]{sample.name}[/bold] ({known.duration:.0f} s) with {model}", highlight=False)
-    console.print("[bold]transcript[/bold] (one utterance per speech chunk)")
+    console.print("[bold]transcript[/bold] (one utterance per sentence, timed inside its speech chunk)")
     for start, end, text in score.transcript:
         console.print(f"  [{start:6.1f} - {end:6.1f}] {text}", highlight=False)
     console.print(f"[bold]known text[/bold]\n  {score.reference}", highlight=False)
