@@ -18,6 +18,7 @@ A turn is answered in three steps, so that streaming and plain answers share eve
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -203,9 +204,11 @@ def read_window(path: str | Path, start_s: float, end_s: float) -> np.ndarray:
     return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, dtype=np.float32)
 
 
-# decoded clip windows: a conversation re-sends its clips every turn (a few, so a small FIFO)
+# decoded clip windows: a conversation re-sends its clips every turn (a few, so a small FIFO;
+# the API answers turns from several threads)
 _WINDOWS: dict[tuple[str, str, float, float], np.ndarray] = {}
 _WINDOWS_MAX = 8
+_WINDOWS_LOCK = threading.Lock()
 
 
 def _read_clip(uri: str, start_s: float, end_s: float, settings: Settings) -> np.ndarray:
@@ -223,13 +226,15 @@ def _read_clip(uri: str, start_s: float, end_s: float, settings: Settings) -> np
 def clip_audio(clip: ClipPlan | ConversationClip, settings: Settings) -> np.ndarray:
     """The clip's samples, from the version the clip was planned on (cached, read-only)."""
     key = (clip.source_uri, clip.source_version, float(clip.start_s), float(clip.end_s))
-    audio = _WINDOWS.get(key)
+    with _WINDOWS_LOCK:
+        audio = _WINDOWS.get(key)
     if audio is None:
         audio = _read_clip(clip.source_uri, key[2], key[3], settings)
         audio.flags.writeable = False
-        if len(_WINDOWS) >= _WINDOWS_MAX:
-            _WINDOWS.pop(next(iter(_WINDOWS)), None)
-        _WINDOWS[key] = audio
+        with _WINDOWS_LOCK:
+            if len(_WINDOWS) >= _WINDOWS_MAX:
+                _WINDOWS.pop(next(iter(_WINDOWS)), None)
+            _WINDOWS[key] = audio
     if audio.shape[0] == 0:
         raise InputError(f"clip {clip.label} [{clip.start_s:.1f}-{clip.end_s:.1f} s] holds no audio", code="empty_clip")
     return audio
