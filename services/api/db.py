@@ -31,8 +31,8 @@ from earshot.config import Settings
 
 T = TypeVar("T")
 
-POOL_SIZE = 10
-MAX_OVERFLOW = 20
+POOL_SIZE = 30
+MAX_OVERFLOW = 0
 
 
 def async_url(url: str) -> str:
@@ -85,12 +85,18 @@ class Database:
         self.settings = settings
         self._engines: tuple[AsyncEngine, AsyncEngine] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._gate: asyncio.Semaphore | None = None
 
     def _pair(self) -> tuple[AsyncEngine, AsyncEngine]:
         loop = asyncio.get_running_loop()
         if self._engines is None or self._loop is not loop:
             # a pool's connections belong to the loop that opened them
             self._engines = (create_engine(self.settings), create_engine(self.settings, pool_size=2, max_overflow=3))
+            # First come, first served: SQLAlchemy's pool does not hand connections to waiters in
+            # arrival order, so under load a few requests waited seconds while others passed
+            # (bench/api.py: p99 0.9-5 s at c=64-256 with p50 ~22 ms). asyncio's semaphore is FIFO,
+            # and with one permit per pooled connection the pool itself never makes anyone wait.
+            self._gate = asyncio.Semaphore(POOL_SIZE + MAX_OVERFLOW)
             self._loop = loop
         return self._engines
 
@@ -111,14 +117,21 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        engine = self.engine
+        assert self._gate is not None
+        async with self._gate, engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """Commit on success, roll back on error (the pool gives the connection back in AUTOCOMMIT)."""
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             isolation = "SERIALIZABLE" if conn.dialect.name == "sqlite" else "READ COMMITTED"
             tx_conn = await conn.execution_options(isolation_level=isolation)
             async with tx_conn.begin():
