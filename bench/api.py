@@ -184,7 +184,8 @@ def floor_app() -> Any:
             row = await one_job(cur, request.path_params["job_id"], tenant)
         return json(job_json(row)) if row else json({"status": 404}, 404)
 
-    async def transcript(request: Request) -> Response:
+    async def job_rows(request: Request, sql: str) -> tuple[Any, list[Any]] | Response:
+        """The key's job and the rows ``sql`` selects for it; a 401/404 answer instead when not."""
         async with pool.connection() as conn, conn.cursor() as cur:
             tenant = await tenant_of(request, cur)
             if tenant is None:
@@ -192,21 +193,22 @@ def floor_app() -> Any:
             row = await one_job(cur, request.path_params["job_id"], tenant)
             if row is None:
                 return json({"status": 404}, 404)
-            await cur.execute(utt_sql, (row.id,))
-            rows: list[Any] = await cur.fetchall()
+            await cur.execute(sql, (row.id,))
+            return row, await cur.fetchall()
+
+    async def transcript(request: Request) -> Response:
+        found = await job_rows(request, utt_sql)
+        if isinstance(found, Response):
+            return found
+        row, rows = found
         return json({"job_id": row.id, "status": row.status,
                      "utterances": [{"start": r.start_s, "end": r.end_s, "text": r.text} for r in rows]})
 
     async def events(request: Request) -> Response:
-        async with pool.connection() as conn, conn.cursor() as cur:
-            tenant = await tenant_of(request, cur)
-            if tenant is None:
-                return json({"status": 401}, 401)
-            row = await one_job(cur, request.path_params["job_id"], tenant)
-            if row is None:
-                return json({"status": 404}, 404)
-            await cur.execute(ev_sql, (row.id,))
-            rows: list[Any] = await cur.fetchall()
+        found = await job_rows(request, ev_sql)
+        if isinstance(found, Response):
+            return found
+        row, rows = found
         return json({"job_id": row.id, "status": row.status, "events": [
             {"start": e.start_s, "end": e.end_s, "duration": e.end_s - e.start_s, "label": e.label, "raw": e.raw or ""}
             for e in rows]})
