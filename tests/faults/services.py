@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/usr/lib/postgresql/15/bin"))
@@ -46,13 +47,13 @@ def _wait_port(port: int, timeout: float, up: bool = True) -> None:
     raise TimeoutError(f"port {port} did not go {'up' if up else 'down'} in {timeout:.0f} s")
 
 
-class _PrivateServer:
+class _PrivateServer(ABC):
     """A server this test suite owns: stopped and its files removed, whatever state it is in."""
 
     root: Path
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
     def destroy(self) -> None:
         try:
