@@ -8,11 +8,12 @@ pipeline stores them on the file's timeline.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from psycopg.rows import namedtuple_row
 from pydantic import BaseModel, Field
-from sqlalchemy import Row, Select, bindparam, func, select
+from sqlalchemy import Float, Integer, Row, Select, bindparam, func, select
 
 from earshot.db import models as m
 
@@ -89,9 +90,11 @@ class JobReport(BaseModel):
 # relationship loading), each function one query. ``tenant_id`` limits jobs to that tenant's;
 # None means every tenant (admin keys). Another tenant's job reads exactly like a missing one.
 #
-# SQLAlchemy writes every statement. On PostgreSQL the fixed ones (``static_rows``) are compiled
-# once and run by psycopg itself on the pooled connection: SQLAlchemy's execution and result
-# layer cost twice what PostgreSQL needs for a job lookup (bench/api.py). psycopg already returns
+# SQLAlchemy writes every statement, with every value a bind parameter, so each statement (each
+# combination of optional filters) is built once. On PostgreSQL it is compiled once and run by
+# psycopg itself on the pooled connection: SQLAlchemy's execution and result layer cost twice
+# what PostgreSQL needs for a job lookup, and compiling per request cost the events route a
+# sixth of its time (bench/api.py). psycopg already returns
 # JSON as Python values and timestamps with their zone; SQLite needs SQLAlchemy's type handling,
 # so there everything runs through SQLAlchemy.
 
@@ -115,35 +118,30 @@ JOB_COLUMNS = (
 _JOB_FROM = _jobs.outerjoin(_audio, _audio.c.id == _jobs.c.audio_file_id)
 
 
-_COMPILED: dict[int, str] = {}
+# id(statement) -> its SQL and the values it binds itself (a LIMIT 1, a literal); the statements
+# live for the process, so an id is never reused
+_COMPILED: dict[int, tuple[str, dict[str, Any]]] = {}
 
 
 async def static_rows(conn: AsyncConnection, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
-    """Rows of a module-level (never rebuilt) statement, by attribute or position."""
+    """Rows of a statement that is never rebuilt (module level, or one per shape from a cached
+    builder), by attribute or position; its values come in ``params``."""
     if conn.dialect.name != "postgresql":
         return list((await conn.execute(stmt, params)).all())
-    sql = _COMPILED.get(id(stmt))
-    if sql is None:
-        sql = _COMPILED[id(stmt)] = str(stmt.compile(dialect=conn.dialect))
+    compiled = _COMPILED.get(id(stmt))
+    if compiled is None:
+        done = stmt.compile(dialect=conn.dialect)
+        compiled = _COMPILED[id(stmt)] = (str(done), dict(done.params))
+    sql, own = compiled
     driver: Any = (await conn.get_raw_connection()).driver_connection
     async with driver.cursor(row_factory=namedtuple_row) as cur:
-        await cur.execute(sql, params)
+        await cur.execute(sql, {**own, **params} if own else params)
         return await cur.fetchall()
 
 
-async def built_rows(conn: AsyncConnection, stmt: Select[Any]) -> list[Any]:
-    """Rows of a statement built for this call (its values bound in it), as ``static_rows``."""
-    if conn.dialect.name != "postgresql":
-        return list((await conn.execute(stmt)).all())
-    compiled = stmt.compile(dialect=conn.dialect)
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    async with driver.cursor(row_factory=namedtuple_row) as cur:
-        await cur.execute(str(compiled), compiled.params)
-        return await cur.fetchall()
-
-
-def _scoped(stmt: Select[Any], tenant_id: str | None) -> Select[Any]:
-    return stmt if tenant_id is None else stmt.where(_jobs.c.tenant_id == tenant_id)
+def like_escaped(text: str) -> str:
+    """``text`` matched literally by LIKE ... ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 _JOB_BY_ID = select(*JOB_COLUMNS).select_from(_JOB_FROM).where(_jobs.c.id == bindparam("job_id"))
@@ -159,6 +157,27 @@ async def fetch_job(conn: AsyncConnection, job_id: str, *, tenant_id: str | None
     return rows[0] if rows else None
 
 
+# Statements with optional filters: one statement per combination of the filters present (a
+# cached builder), with every value a bind parameter, so each combination compiles once.
+@cache
+def _jobs_stmt(tenant: bool, status: bool, prefix: bool, after: bool, before: bool, cursor: bool) -> Select[Any]:
+    q = select(*JOB_COLUMNS).select_from(_JOB_FROM)
+    if tenant:
+        q = q.where(_jobs.c.tenant_id == bindparam("tenant_id"))
+    if status:
+        q = q.where(_jobs.c.status == bindparam("status"))
+    if prefix:
+        q = q.where(_jobs.c.source_uri.like(bindparam("prefix"), escape="\\"))
+    if after:
+        q = q.where(_jobs.c.created_at >= bindparam("created_after", type_=_jobs.c.created_at.type))
+    if before:
+        q = q.where(_jobs.c.created_at < bindparam("created_before", type_=_jobs.c.created_at.type))
+    if cursor:
+        ts = bindparam("cursor_ts", type_=_jobs.c.created_at.type)
+        q = q.where((_jobs.c.created_at < ts) | ((_jobs.c.created_at == ts) & (_jobs.c.id < bindparam("cursor_id"))))
+    return q.order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc()).limit(bindparam("limit", type_=Integer))
+
+
 async def fetch_jobs(
     conn: AsyncConnection,
     *,
@@ -171,20 +190,15 @@ async def fetch_jobs(
     limit: int = 50,
 ) -> list[AnyRow]:
     """Newest first; ``before`` is a (created_at, id) keyset cursor from the previous page."""
-    q = _scoped(select(*JOB_COLUMNS).select_from(_JOB_FROM), tenant_id)
-    if status:
-        q = q.where(_jobs.c.status == status)
+    stmt = _jobs_stmt(tenant_id is not None, bool(status), bool(source_prefix), created_after is not None,
+                      created_before is not None, before is not None)
+    params: dict[str, Any] = {"tenant_id": tenant_id, "status": status, "created_after": created_after,
+                              "created_before": created_before, "limit": limit}
     if source_prefix:
-        q = q.where(_jobs.c.source_uri.startswith(source_prefix, autoescape=True))
-    if created_after:
-        q = q.where(_jobs.c.created_at >= created_after)
-    if created_before:
-        q = q.where(_jobs.c.created_at < created_before)
+        params["prefix"] = like_escaped(source_prefix) + "%"
     if before:
-        ts, jid = before
-        q = q.where((_jobs.c.created_at < ts) | ((_jobs.c.created_at == ts) & (_jobs.c.id < jid)))
-    q = q.order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc()).limit(limit)
-    return await built_rows(conn, q)
+        params["cursor_ts"], params["cursor_id"] = before
+    return await static_rows(conn, stmt, params)
 
 
 _UTTERANCES = (
@@ -200,15 +214,29 @@ async def fetch_utterances(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
 
 
 SUMMARY_LEVEL_ORDER = {"file": 0, "chapter": 1, "section": 2, "segment": 3, "caption": 4}
+_SUMMARIES = select(_sum.c.level, _sum.c.idx, _sum.c.start_s, _sum.c.end_s, _sum.c.title, _sum.c.text).where(
+    _sum.c.job_id == bindparam("job_id")
+)
 
 
 async def fetch_summaries(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
     """Every summary, ordered by level (file first) then index."""
-    rows = await conn.execute(
-        select(_sum.c.level, _sum.c.idx, _sum.c.start_s, _sum.c.end_s, _sum.c.title, _sum.c.text)
-        .where(_sum.c.job_id == job_id)
-    )
-    return sorted(rows.all(), key=lambda s: (SUMMARY_LEVEL_ORDER.get(s.level, 9), s.level, s.idx))
+    rows = await static_rows(conn, _SUMMARIES, {"job_id": job_id})
+    return sorted(rows, key=lambda s: (SUMMARY_LEVEL_ORDER.get(s.level, 9), s.level, s.idx))
+
+
+@cache
+def _events_stmt(label: bool, start: bool, end: bool, min_duration: bool) -> Select[Any]:
+    q = select(_ev.c.start_s, _ev.c.end_s, _ev.c.label, _ev.c.raw).where(_ev.c.job_id == bindparam("job_id"))
+    if label:
+        q = q.where(func.lower(_ev.c.label).like(bindparam("label"), escape="\\"))
+    if start:
+        q = q.where(_ev.c.end_s >= bindparam("start", type_=Float))
+    if end:
+        q = q.where(_ev.c.start_s <= bindparam("end", type_=Float))
+    if min_duration:
+        q = q.where(_ev.c.end_s - _ev.c.start_s >= bindparam("min_duration", type_=Float))
+    return q.order_by(_ev.c.start_s, _ev.c.segment_index, _ev.c.seq)
 
 
 async def fetch_events(
@@ -223,39 +251,32 @@ async def fetch_events(
     """Events overlapping [start, end], with a label substring (any case), at least so long."""
     if label and "\x00" in label:  # no label holds NUL (PostgreSQL text cannot)
         return []
-    conds = [_ev.c.job_id == job_id]
+    stmt = _events_stmt(bool(label), start is not None, end is not None, min_duration is not None)
+    params: dict[str, Any] = {"job_id": job_id, "start": start, "end": end, "min_duration": min_duration}
     if label:
-        escaped = label.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conds.append(func.lower(_ev.c.label).like(f"%{escaped}%", escape="\\"))
-    if start is not None:
-        conds.append(_ev.c.end_s >= start)
-    if end is not None:
-        conds.append(_ev.c.start_s <= end)
-    if min_duration is not None:
-        conds.append(_ev.c.end_s - _ev.c.start_s >= min_duration)
-    q = (
-        select(_ev.c.start_s, _ev.c.end_s, _ev.c.label, _ev.c.raw)
-        .where(*conds)
-        .order_by(_ev.c.start_s, _ev.c.segment_index, _ev.c.seq)
-    )
-    return await built_rows(conn, q)
+        params["label"] = f"%{like_escaped(label.lower())}%"
+    return await static_rows(conn, stmt, params)
+
+
+_TRACES = (
+    select(_tr.c.segment_index, _tr.c.question, _tr.c.thinking, _tr.c.answer, _tr.c.adapter)
+    .where(_tr.c.job_id == bindparam("job_id"))
+    .order_by(_tr.c.segment_index, _tr.c.seq)
+)
 
 
 async def fetch_traces(conn: AsyncConnection, job_id: str) -> list[AnyRow]:
-    q = (
-        select(_tr.c.segment_index, _tr.c.question, _tr.c.thinking, _tr.c.answer, _tr.c.adapter)
-        .where(_tr.c.job_id == job_id)
-        .order_by(_tr.c.segment_index, _tr.c.seq)
-    )
-    return list((await conn.execute(q)).all())
+    return await static_rows(conn, _TRACES, {"job_id": job_id})
+
+
+_SPEECH = (
+    select(_speech.c.kind, _speech.c.uri, _speech.c.duration_s, _speech.c.voice, _speech.c.sample_rate)
+    .where(_speech.c.job_id == bindparam("job_id"))
+    .order_by(_speech.c.kind)
+    .limit(1)
+)
 
 
 async def fetch_speech(conn: AsyncConnection, job_id: str) -> AnyRow | None:
-    q = (
-        select(_speech.c.kind, _speech.c.uri, _speech.c.duration_s, _speech.c.voice, _speech.c.sample_rate)
-        .where(_speech.c.job_id == job_id)
-        .order_by(_speech.c.kind)
-        .limit(1)
-    )
-    return (await conn.execute(q)).first()
-
+    rows = await static_rows(conn, _SPEECH, {"job_id": job_id})
+    return rows[0] if rows else None
