@@ -1,7 +1,10 @@
 """The dependencies every router uses, and the one way routes answer.
 
 - ``SettingsDep``: the app's Settings.
-- ``ConnDep``: an async read connection for this request (AUTOCOMMIT; see ``db.py``).
+- ``DatabaseDep``: the app's ``Database``. Routes read in ``async with db.reader() as conn``
+  (AUTOCOMMIT; see ``db.py``) and write in ``async with db.transaction() as tx``, holding the
+  connection only around their queries. Not a yield dependency: FastAPI's exit stack and
+  shielded teardown for one cost a job lookup more than its query (bench/api.py).
 - ``ReadKey`` / ``SubmitKey`` / ``AdminKey``: the caller (a ``Principal``), checked for the scope.
 - ``EnqueueDep``: how jobs reach the queue (tests override ``get_enqueuer``).
 - ``answer(body)``: a ready Response; bodies are serialised once (orjson or model_dump_json).
@@ -11,7 +14,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import BackgroundTasks, Depends, Request, Response
@@ -57,14 +60,6 @@ async def get_database(request: Request) -> Database:
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
-
-
-async def get_conn(request: Request) -> AsyncIterator[AsyncConnection]:
-    async with request.app.state.db.reader() as conn:
-        yield conn
-
-
-ConnDep = Annotated[AsyncConnection, Depends(get_conn)]
 
 
 def default_enqueue(job_id: str) -> Any:

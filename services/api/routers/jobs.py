@@ -15,7 +15,6 @@ from services.api import serializers
 from services.api.cursors import decode_job_cursor, encode_job_cursor
 from services.api.db import run_sync
 from services.api.deps import (
-    ConnDep,
     DatabaseDep,
     EnqueueDep,
     ReadKey,
@@ -47,7 +46,7 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first", responses=responses(401, 403, 422))
 async def list_jobs(
-    conn: ConnDep,
+    db: DatabaseDep,
     key: ReadKey,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
     bucket: Annotated[
@@ -65,16 +64,18 @@ async def list_jobs(
     source_prefix = f"s3://{bucket}/{prefix or ''}" if bucket else prefix
     if source_prefix and "\x00" in source_prefix:  # no URI holds NUL (PostgreSQL text cannot)
         return answer(serializers.job_page([], None))
-    rows = await fetch_jobs(
-        conn,
-        tenant_id=tenant_scope(key),
-        status=status,
-        source_prefix=source_prefix or None,
-        created_after=created_after,
-        created_before=created_before,
-        before=decode_job_cursor(cursor) if cursor else None,
-        limit=limit + 1,
-    )
+    before = decode_job_cursor(cursor) if cursor else None
+    async with db.reader() as conn:
+        rows = await fetch_jobs(
+            conn,
+            tenant_id=tenant_scope(key),
+            status=status,
+            source_prefix=source_prefix or None,
+            created_after=created_after,
+            created_before=created_before,
+            before=before,
+            limit=limit + 1,
+        )
     page = rows[:limit]
     next_cursor = encode_job_cursor(page[-1]) if len(rows) > limit else None
     return answer(serializers.job_page(page, next_cursor, with_tenant=key.admin))
@@ -137,8 +138,10 @@ async def create_job(
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status, progress, timings and error",
             responses=responses(401, 403, 404, 422))
-async def get_job(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
-    return answer(serializers.job(await load_job(conn, key, job_id), with_tenant=key.admin))
+async def get_job(db: DatabaseDep, key: ReadKey, job_id: str) -> Response:
+    async with db.reader() as conn:
+        job = await load_job(conn, key, job_id)
+    return answer(serializers.job(job, with_tenant=key.admin))
 
 
 @router.post(

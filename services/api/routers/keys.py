@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from earshot.auth import create_key, list_keys, revoke_key
 from services.api import serializers
 from services.api.db import run_sync
-from services.api.deps import AdminKey, ConnDep, DatabaseDep, answer
+from services.api.deps import AdminKey, DatabaseDep, answer
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
 
@@ -16,8 +16,9 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 @router.get("", response_model=ApiKeyPage, summary="Every key (never the secrets)", responses=responses(401, 403))
-async def get_keys(conn: ConnDep, _key: AdminKey) -> Response:
-    keys = await run_sync(conn, lambda s: [serializers.key(k) for k in list_keys(s)])
+async def get_keys(db: DatabaseDep, _key: AdminKey) -> Response:
+    async with db.reader() as conn:
+        keys = await run_sync(conn, lambda s: [serializers.key(k) for k in list_keys(s)])
     return answer({"keys": keys})
 
 

@@ -26,7 +26,7 @@ from earshot.results import (
 )
 from services.api import serializers
 from services.api.db import run_sync
-from services.api.deps import ConnDep, ReadKey, SettingsDep, answer, load_job
+from services.api.deps import DatabaseDep, ReadKey, SettingsDep, answer, load_job
 from services.api.problems import ApiProblem, responses
 from services.api.schemas import EventsOut, ExportName, ReasoningOut, SpeechOut, SummaryOut, TranscriptOut
 
@@ -53,16 +53,17 @@ def _report_markdown(session: Session, job_id: str) -> str:
     responses={200: {"content": _TEXT_FORMATS, "description": "The transcript"}, **ERRORS},
 )
 async def transcript(
-    conn: ConnDep,
+    db: DatabaseDep,
     key: ReadKey,
     job_id: str,
     format: Annotated[ExportName, Query(description="json, srt, vtt, txt or md")] = "json",
 ) -> Response:
-    job = await load_job(conn, key, job_id)
-    if format == "md":
-        body = await run_sync(conn, lambda s: _report_markdown(s, job.id))
-        return answer(body, media_type=exports.FORMATS["md"].content_type)
-    rows = await fetch_utterances(conn, job.id)
+    async with db.reader() as conn:
+        job = await load_job(conn, key, job_id)
+        if format == "md":
+            body = await run_sync(conn, lambda s: _report_markdown(s, job.id))
+            return answer(body, media_type=exports.FORMATS["md"].content_type)
+        rows = await fetch_utterances(conn, job.id)
     if format == "json":
         return answer(serializers.transcript(job.id, job.status, rows))
     utterances = [Utterance(start=s, end=e, text=t) for s, e, t in rows]
@@ -75,9 +76,11 @@ async def transcript(
 
 
 @router.get("/summary", response_model=SummaryOut, summary="Summaries at every level", responses=ERRORS)
-async def summary(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
-    job = await load_job(conn, key, job_id)
-    return answer(serializers.summaries(job.id, job.status, await fetch_summaries(conn, job.id)))
+async def summary(db: DatabaseDep, key: ReadKey, job_id: str) -> Response:
+    async with db.reader() as conn:
+        job = await load_job(conn, key, job_id)
+        rows = await fetch_summaries(conn, job.id)
+    return answer(serializers.summaries(job.id, job.status, rows))
 
 
 @router.get(
@@ -87,7 +90,7 @@ async def summary(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
     responses=ERRORS,
 )
 async def events(
-    conn: ConnDep,
+    db: DatabaseDep,
     key: ReadKey,
     job_id: str,
     label: Annotated[
@@ -103,15 +106,18 @@ async def events(
         float | None, Query(ge=0, allow_inf_nan=False, description="Events at least this long (seconds)")
     ] = None,
 ) -> Response:
-    job = await load_job(conn, key, job_id)
-    rows = await fetch_events(conn, job.id, label=label, start=start, end=end, min_duration=min_duration)
+    async with db.reader() as conn:
+        job = await load_job(conn, key, job_id)
+        rows = await fetch_events(conn, job.id, label=label, start=start, end=end, min_duration=min_duration)
     return answer(serializers.events(job.id, job.status, rows))
 
 
 @router.get("/reasoning", response_model=ReasoningOut, summary="Reasoning traces and answers", responses=ERRORS)
-async def reasoning(conn: ConnDep, key: ReadKey, job_id: str) -> Response:
-    job = await load_job(conn, key, job_id)
-    return answer(serializers.reasoning(job.id, job.status, await fetch_traces(conn, job.id)))
+async def reasoning(db: DatabaseDep, key: ReadKey, job_id: str) -> Response:
+    async with db.reader() as conn:
+        job = await load_job(conn, key, job_id)
+        rows = await fetch_traces(conn, job.id)
+    return answer(serializers.reasoning(job.id, job.status, rows))
 
 
 def _stream(uri: str, settings: Settings) -> Iterator[bytes]:
@@ -133,7 +139,7 @@ def _stream(uri: str, settings: Settings) -> Iterator[bytes]:
     },
 )
 async def speech(
-    conn: ConnDep,
+    db: DatabaseDep,
     key: ReadKey,
     settings: SettingsDep,
     job_id: str,
@@ -142,8 +148,9 @@ async def speech(
         int | None, Query(ge=60, le=3600, description="Lifetime of the URL in seconds (default 900)")
     ] = None,
 ) -> Response:
-    job = await load_job(conn, key, job_id)
-    out = await fetch_speech(conn, job.id)
+    async with db.reader() as conn:
+        job = await load_job(conn, key, job_id)
+        out = await fetch_speech(conn, job.id)
     if out is None:
         raise ApiProblem(404, "this job has no spoken output (task 'speak', once it succeeded)", code="no_speech")
     if download:

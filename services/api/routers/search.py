@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from earshot.search import KINDS, search
 from services.api import serializers
 from services.api.cursors import MAX_SEARCH_OFFSET, decode_offset, encode_offset
-from services.api.deps import ConnDep, ReadKey, answer, tenant_scope
+from services.api.deps import DatabaseDep, ReadKey, answer, tenant_scope
 from services.api.problems import responses
 from services.api.schemas import SearchOut
 
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["search"])
     responses=responses(401, 403, 422),
 )
 async def search_route(
-    conn: ConnDep,
+    db: DatabaseDep,
     key: ReadKey,
     q: Annotated[str, Query(min_length=1, max_length=500, description="What to look for")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -38,9 +38,10 @@ async def search_route(
     kind: Annotated[Literal["utterance", "summary"] | None, Query(description="Only this kind of hit")] = None,
 ) -> Response:
     offset = decode_offset(cursor)
-    page = await search(
-        conn, q, limit=limit, offset=offset, job_id=str(job_id) if job_id else None,
-        kinds=[kind] if kind else KINDS, tenant_id=tenant_scope(key),
-    )
+    async with db.reader() as conn:
+        page = await search(
+            conn, q, limit=limit, offset=offset, job_id=str(job_id) if job_id else None,
+            kinds=[kind] if kind else KINDS, tenant_id=tenant_scope(key),
+        )
     more = page.hits and page.has_more and offset + limit <= MAX_SEARCH_OFFSET
     return answer(serializers.search(q, page.hits, encode_offset(offset + limit) if more else None))
