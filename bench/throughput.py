@@ -226,11 +226,11 @@ def llm_stats(url: str) -> tuple[int, int]:
     return int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0))
 
 
-def serve(repo_dir: Path, model_dir: Path, *, dynamic: bool, log: Path, max_tokens: int) -> Any:
+def serve(repo_dir: Path, model_dir: Path, *, dynamic: bool, log: Path, max_tokens: int | None) -> Any:
     from earshot.triton.repository import default_repository, prepare_repository
     from earshot.triton.server import TritonServer, free_port
 
-    params = {"max_batch_tokens": str(max_tokens)} if dynamic else {"max_batch_rows": "1"}
+    params = ({"max_batch_tokens": str(max_tokens)} if max_tokens else {}) if dynamic else {"max_batch_rows": "1"}
     repo = prepare_repository(default_repository(), repo_dir, cpu=True, model_path=str(model_dir), parameters=params)
     if not dynamic:
         for name in ("af_whisper", "af3_llm"):
@@ -261,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in-process (Triton instances use 1)")
     ap.add_argument("--skip-triton", action="store_true")
     ap.add_argument(
-        "--max-batch-tokens", type=int, default=65536,
-        help="padded prompt tokens per batched generate (CPU attention materialises rows x L^2: "
-        "the shipped GPU default 262144 runs a 24 GiB machine out of memory on 600 s segments)",
+        "--max-batch-tokens", type=int, default=None,
+        help="padded prompt tokens per batched generate (default: the engine's own, "
+        "earshot.af3.batching: 262144 on GPU, 8192 on CPU)",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     local = LocalEngine.from_settings(settings)
     baseline = calls[: args.baseline_calls] if args.baseline_calls else calls
     record("local unbatched", run_calls(unbatched(local), baseline, 1))
-    record("local batched", run_calls(batched_by_policy(local, args.max_batch_tokens), baseline, 1))
+    record("local batched", run_calls(
+        batched_by_policy(local, args.max_batch_tokens or local.runtime.max_batch_tokens), baseline, 1))
     del local
 
     if not args.skip_triton:

@@ -18,8 +18,13 @@ DEFAULT_MAX_BATCH_ROWS = 64
 # Padded prompt tokens per batched generate (rows x longest prompt): bounds prefill and KV
 # memory; 262144 is about 15 GB of bf16 KV cache for the 7B LLM.
 DEFAULT_MAX_BATCH_TOKENS = 262144
-# On CPU the padded batch's attention mask is materialised (rows x L x L floats).
-CPU_MAX_BATCH_TOKENS = 32768
+# On CPU the padded batch's attention mask is materialised (rows x L x L floats), and a decode
+# step at long context costs in proportion to its rows (no fixed per-step cost to share), while
+# rows that end early keep computing until the batch's longest answer ends. So only short
+# prompts share a batch there: ~10 speech-chunk prompts (~800 tokens), never two 600 s segment
+# prompts (~15,000). With 32768 the tiny model's job mix ran 0.7x of unbatched, with 8192
+# 1.3x (bench/results/throughput_cpu_quiet.json).
+CPU_MAX_BATCH_TOKENS = 8192
 
 
 def row_length(row: Any) -> int:

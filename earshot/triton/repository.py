@@ -13,14 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import earshot
+from earshot.af3.batching import CPU_MAX_BATCH_TOKENS
 from earshot.errors import ConfigError
 from earshot.triton.protocol import PARAM_MODEL_PATH
 
-# On CPU the attention mask of a padded batch is materialised as rows x L x L floats (a batch
-# of 600 s segment prompts within the GPU default of 262144 tokens needs ~15 GB), and a decode
-# step at long context costs in proportion to its rows: only short prompts (speech chunks)
-# gain from sharing a batch there (bench/results/throughput_cpu_*.json).
-CPU_PARAMETERS = {"max_batch_tokens": "8192"}
+# The GPU default of 262144 padded tokens would materialise ~15 GB of attention mask on CPU
+# for a batch of 600 s segment prompts; CPU_MAX_BATCH_TOKENS says why CPUs batch less.
+CPU_PARAMETERS = {"max_batch_tokens": str(CPU_MAX_BATCH_TOKENS)}
 
 _PARAM_RE = r'(key:\s*"{key}"\s*value:\s*\{{\s*string_value:\s*")((?:[^"\\]|\\.)*)(")'
 
