@@ -76,6 +76,12 @@ def test_list_filters_and_cursor_pages(
     assert [j["id"] for j in window["jobs"]] == [ids[2], ids[1]]
     assert other not in seen
 
+    # LIKE wildcards in a prefix are literal: "a_b%/" matches that folder only, not "aXbY/"
+    literal = seeded(source=f"s3://bkt-{tag}/a_b%/1.wav", created_at=base)
+    seeded(source=f"s3://bkt-{tag}/aXbY/1.wav", created_at=base)
+    wild = api_client.get("/v1/jobs", params={"bucket": f"bkt-{tag}", "prefix": "a_b%/"}, headers=h).json()
+    assert [j["id"] for j in wild["jobs"]] == [literal]
+
     job = api_client.get(f"/v1/jobs/{ids[0]}", headers=h).json()
     assert job["status"] == "succeeded" and job["duration_s"] == 120.0 and job["timings"]["analyze_s"] == 6.5
     assert job["started_at"] and job["finished_at"] and job["error"] is None
