@@ -159,21 +159,9 @@ def build_checkpoint(
     # AF-Whisper's positions are Whisper's fixed sinusoids (frozen, shipped in the checkpoint);
     # transformers' init leaves them N(0, 0.02) noise, an encoder that cannot tell one frame's
     # place from another's
-    tower = model.model.audio_tower
-    positions = tower.embed_positions.weight
+    positions = model.model.audio_tower.embed_positions.weight
     with torch.no_grad():
         positions.copy_(sinusoids(positions.shape[0], positions.shape[1]))
-        # The conv front-end is the only way the sound gets in, and it must not start 30x quieter
-        # than the sinusoids it is added to. transformers' init draws its weights N(0, 0.02): its
-        # output had std 0.02 against the positions' 0.68, the encoder gave two different words
-        # the same output (cosine 0.9999), and the model never learned to listen (golden model
-        # v1/v2: WER ~93 %; 8 clips could not be overfitted). He init (std sqrt(2 / fan_in), for
-        # the GELU after each conv) gives std ~0.6, like the positions: cosine 0.96 between two
-        # words at init, and a 10-word test learned to tell words apart within 100 steps.
-        for conv in (tower.conv1, tower.conv2):
-            fan_in = conv.weight.shape[1] * conv.weight.shape[2]
-            conv.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
-            conv.bias.zero_()
     model.generation_config = GenerationConfig(
         eos_token_id=eos_id, pad_token_id=pad_id, max_new_tokens=2048, do_sample=False
     )
