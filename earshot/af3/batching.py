@@ -22,8 +22,8 @@ DEFAULT_MAX_BATCH_TOKENS = 262144
 # step at long context costs in proportion to its rows (no fixed per-step cost to share), while
 # rows that end early keep computing until the batch's longest answer ends. So only short
 # prompts share a batch there: ~10 speech-chunk prompts (~800 tokens), never two 600 s segment
-# prompts (~15,000). With 32768 the tiny model's job mix ran 0.7x of unbatched, with 8192
-# 1.3x (bench/results/throughput_cpu_quiet.json).
+# prompts (~15,000). With 65536 (the three segment prompts in one batch) the tiny model's job
+# mix ran 0.70x of unbatched, with 8192 1.25x (bench/results/throughput_cpu_quiet*.json).
 CPU_MAX_BATCH_TOKENS = 8192
 
 
