@@ -94,9 +94,9 @@ class JobReport(BaseModel):
 # combination of optional filters) is built once. On PostgreSQL it is compiled once and run by
 # psycopg itself on the pooled connection: SQLAlchemy's execution and result layer cost twice
 # what PostgreSQL needs for a job lookup, and compiling per request cost the events route a
-# sixth of its time (bench/api.py). psycopg already returns
-# JSON as Python values and timestamps with their zone; SQLite needs SQLAlchemy's type handling,
-# so there everything runs through SQLAlchemy.
+# sixth of its time (bench/api.py). psycopg already returns JSON as Python values and
+# timestamps with their zone; SQLite needs SQLAlchemy's type handling, so there everything runs
+# through SQLAlchemy.
 
 _jobs = m.Job.__table__
 _audio = m.AudioFile.__table__
