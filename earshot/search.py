@@ -26,6 +26,7 @@ from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from earshot.db import models as m
+from earshot.results import like_escaped
 
 __all__ = ["KINDS", "SearchHit", "SearchPage", "search"]
 
@@ -170,7 +171,7 @@ def _fallback_snippet(body: str, words: Sequence[str], width: int = 160) -> str:
 
 
 def _like(word: str) -> str:
-    return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return f"%{like_escaped(word)}%"
 
 
 async def _search_fallback(
